@@ -1,0 +1,172 @@
+"""The ANCRA objective on top of PGD-AT / TRADES / MART, and one training step.
+
+``ANCRA-X = X(final) + cr_beta * mean_h X(aux_h) + zeta * [ANC(final) + cr_beta * mean_h ANC(aux_h)]``
+(METHOD.md section 4). Every ablation is a configuration of :class:`Objective`, not a copy:
+
+========================  =================================================================
+plain X (baseline)         ``zeta=0`` on a model with ``ra_blocks=0``
+ANCRA-X                    ``zeta>0``, ``negatives='random_adv'``, model with RA
+RA only                    ``zeta=0``, model with RA
+ANC only                   ``zeta>0``, model with ``ra_blocks=0``
+symmetric ANC              ``alpha=0.5``
+natural negatives          ``negatives='random'`` (or another strategy without ``_adv``)
+========================  =================================================================
+
+One step (:func:`training_step`): (1) negatives, (2) the untargeted attack on the anchors and the
+targeted attack on the negatives as ONE batch, (3) up to three train-mode forwards ``(x, y)``,
+``(x_adv, y)``, ``(x_neg, y_neg)``, (4) loss, backward, optimiser step. Metrics reuse those
+outputs. The only other forward is a no-grad natural one that the prediction-based negative
+strategies (soft/hard/easy) need after warm-up; the default ``random_adv`` never runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .attacks import attack_mode, pgd
+from .losses import BASE_LOSSES, anc_loss
+from .negatives import needs_predictions, parse_strategy, select_negatives
+
+METHODS = tuple(BASE_LOSSES)
+
+
+@dataclass
+class Objective:
+    """What one training step optimises. Defaults: ANCRA-TRADES with the reference CIFAR attack."""
+
+    method: str = "trades"  # standard | pgd_at | trades | mart
+    beta: float = 6.0  # TRADES / MART trade-off
+    attack_loss: str = "ce"  # TRADES only: kl (canonical) or ce (the reference ANCRA code)
+    eps: float = 8 / 255
+    step_size: float = 0.007
+    steps: int = 10
+    random_start: str = "normal"  # x + 0.001 N(0,1)
+    cr_beta: float = 2.0  # weight of the RA aux heads (ignored for models without RA)
+    zeta: float = 0.0  # ANC weight; 0 disables ANC
+    alpha: float = 1.0  # ANC asymmetry: 1 = anchor frozen, only negatives pushed
+    negatives: str = "random_adv"
+    k: int = 1  # negatives per anchor
+    warmup: int = 10  # epochs of random negatives before soft/hard/easy apply
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.attack_loss not in ("ce", "kl"):
+            raise ValueError(f"attack_loss must be 'ce' or 'kl', got {self.attack_loss!r}")
+        parse_strategy(self.negatives)
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+    @property
+    def uses_anc(self) -> bool:
+        return self.zeta > 0
+
+    @property
+    def adversarial_negatives(self) -> bool:
+        return parse_strategy(self.negatives)[1]
+
+    @property
+    def train_attack_loss(self) -> str:
+        return self.attack_loss if self.method == "trades" else "ce"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(1) == y).float().mean()
+
+
+def _over_heads(fn, outputs, cr_beta: float) -> torch.Tensor:
+    """``fn(final heads) + cr_beta * mean_h fn(aux heads)``; ``outputs`` are RAOutputs (or None)
+    whose heads are passed to ``fn`` positionally."""
+    final = fn(*[o.logits if o is not None else None for o in outputs])
+    present = [o for o in outputs if o is not None]
+    n_aux = len(present[0].aux_logits)
+    if n_aux == 0 or cr_beta == 0:
+        return final
+    aux = [fn(*[o.aux_logits[h] if o is not None else None for o in outputs]) for h in range(n_aux)]
+    return final + cr_beta * torch.stack(aux).mean()
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    objective: Objective,
+    epoch: int = 0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step of ``objective`` on the batch ``(x, y)``; usable from any training loop.
+
+    Returns detached 0-dim tensors (no device sync): ``loss``, ``base_loss``, ``anc_loss``,
+    ``nat_acc``, ``adv_acc``, ``neg_acc`` (only those the method computes).
+    """
+    obj = objective
+    cr_beta = obj.cr_beta if getattr(model, "ra_blocks", 0) > 0 else 0.0
+    b = x.shape[0]
+
+    # (1) negatives of each anchor, drawn within the batch
+    x_neg = y_neg = None
+    if obj.uses_anc:
+        logits = None
+        if needs_predictions(obj.negatives, epoch, obj.warmup):
+            with torch.no_grad(), attack_mode(model):
+                logits = model(x)
+        idx = select_negatives(y, obj.k, obj.negatives, logits, epoch, obj.warmup, generator).reshape(-1)
+        x_neg, y_neg = x[idx], y[idx]
+
+    # (2) both attacks as one batch: untargeted on the anchors, targeted (towards each anchor's
+    # class) on the negatives
+    attack = dict(eps=obj.eps, step_size=obj.step_size, steps=obj.steps, loss=obj.train_attack_loss,
+                  random_start=obj.random_start, cr_beta=cr_beta, generator=generator)
+    attack_anchors = obj.method != "standard"
+    attack_negatives = obj.uses_anc and obj.adversarial_negatives
+    x_adv = None
+    if attack_anchors or attack_negatives:
+        xs, ys, targeted = [], [], []
+        if attack_anchors:
+            xs.append(x), ys.append(y), targeted.append(torch.zeros(b, dtype=torch.bool, device=x.device))
+        if attack_negatives:
+            xs.append(x_neg), ys.append(y.repeat_interleave(obj.k))
+            targeted.append(torch.ones(x_neg.shape[0], dtype=torch.bool, device=x.device))
+        adv = pgd(model, torch.cat(xs), torch.cat(ys), targeted=torch.cat(targeted), **attack)
+        if attack_anchors:
+            x_adv = adv[:b]
+        if attack_negatives:
+            x_neg = adv[-x_neg.shape[0]:]
+
+    # (3) train-mode forwards, with label-driven RA masks; the negative uses its own label
+    model.train()
+    needs_nat = obj.method != "pgd_at" or obj.uses_anc
+    out_nat = model.forward_with_aux(x, y) if needs_nat else None
+    out_adv = model.forward_with_aux(x_adv, y) if x_adv is not None else None
+    out_neg = model.forward_with_aux(x_neg, y_neg) if obj.uses_anc else None
+
+    # (4) loss, backward, step
+    base_fn = BASE_LOSSES[obj.method]
+    base = _over_heads(lambda nat, adv: base_fn(nat, adv, y, obj.beta), (out_nat, out_adv), cr_beta)
+    loss = base
+    metrics = {}
+    if obj.uses_anc:
+        anc = _over_heads(lambda nat, neg: anc_loss(nat, neg, obj.alpha), (out_nat, out_neg), cr_beta)
+        loss = base + obj.zeta * anc
+        metrics["anc_loss"] = anc.detach()
+        metrics["neg_acc"] = _accuracy(out_neg.logits.detach(), y_neg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+    metrics["loss"] = loss.detach()
+    metrics["base_loss"] = base.detach()
+    if out_nat is not None:
+        metrics["nat_acc"] = _accuracy(out_nat.logits.detach(), y)
+    if out_adv is not None:
+        metrics["adv_acc"] = _accuracy(out_adv.logits.detach(), y)
+    return metrics
