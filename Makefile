@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch for machines without a GPU: a few hundred MB instead of several GB of
+# CUDA wheels. Found on this project's machines' local wheel cache, else on PyTorch's CPU index.
+TORCH_CPU     ?= torch==2.13.0+cpu
+TORCH_CPU_URL ?= https://download.pytorch.org/whl/cpu
+FMNIST_DEB    := /usr/share/datasets/fashion-mnist
+DEMO_OUT      ?= runs/fmnist-demo
+
+.PHONY: install data demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, so that the package's range (torch>=2.1,<3) is already satisfied: a user's own
+# torch (e.g. a CUDA build) is kept, and a GPU-less machine never downloads CUDA wheels.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/pip install "torch>=2.1,<3"; \
+	else \
+		$(BIN)/pip install "$(TORCH_CPU)" || $(BIN)/pip install "$(TORCH_CPU)" --extra-index-url $(TORCH_CPU_URL); \
+	fi
+	$(BIN)/pip install -e ".[eval,data,test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST: the Debian package when root on Debian, else ancra downloads it on first use.
+data:
+	@if [ -f $(FMNIST_DEB)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST: $(FMNIST_DEB)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) \
+		|| echo "apt-get failed: ancra will download Fashion-MNIST instead"; \
+	else \
+		echo "Fashion-MNIST: not installed system-wide; ancra downloads it on first use"; \
+	fi
+
+test: install data
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs
