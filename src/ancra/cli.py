@@ -1,0 +1,71 @@
+"""Command line: ``ancra train | eval`` (also ``python -m ancra``).
+
+User errors (bad config, missing or unsafe file, out-of-range value) print one line
+``error: ...`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a config file (or resume a run)",
+                       description="Train with a config of configs/ and write the run to --out; "
+                                   "--resume DIR continues an interrupted run exactly.")
+    p.add_argument("--config", type=Path, help="TOML config, e.g. configs/fmnist-demo.toml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--out", type=Path, help="run directory (metrics.jsonl, state.pt, last.pt, best.pt)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="resume the run in DIR from its state.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .trainer import Trainer
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise UserError("--resume DIR takes the config from DIR/state.pt: drop --config/--set/--out")
+        trainer = Trainer.resume(args.resume, progress=not args.quiet)
+    else:
+        if args.config is None or args.out is None:
+            raise UserError("ancra train needs --config FILE and --out DIR (or --resume DIR)")
+        if (args.out / "state.pt").exists():
+            raise UserError(f"{args.out} already holds a run: continue it with --resume {args.out} or choose another --out")
+        trainer = Trainer(load_config(args.config, args.overrides), args.out, progress=not args.quiet)
+    result = trainer.fit()
+    best = result["best"]
+    print(json.dumps({"out": result["out"], "best_epoch": best["epoch"] + 1,
+                      "best_val_pgd_acc": best.get("val_pgd_acc"), "best_val_clean_acc": best.get("val_clean_acc")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ancra", description="Adversarial training with ANCRA and honest robustness evaluation.")
+    parser.add_argument("--version", action="version", version=f"ancra {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    return parser
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in state.pt (resume with --resume DIR)", file=sys.stderr)
+        return 130

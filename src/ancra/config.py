@@ -1,0 +1,215 @@
+"""Experiment configuration: TOML files in ``configs/``, validated on load.
+
+A config has four sections, each a dataclass below; every key has a type, a default and, where it
+matters, a range or a set of choices. Loading rejects unknown sections/keys, wrong types and
+out-of-range values with one :class:`~ancra.errors.UserError` naming the key and what is valid.
+``--set section.key=value`` overrides are parsed as TOML values (``train.epochs=3``,
+``objective.negatives="hard_adv"``; bare words are taken as strings).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .attacks import STARTS
+from .data import AUGMENTATIONS, DATASET_NAMES
+from .errors import UserError
+from .models import MODELS
+from .negatives import STRATEGIES
+from .objectives import METHODS, Objective
+
+
+def _opt(default, *, choices=None, lo=None, hi=None, lo_open=False, help=""):
+    """A config field with validation metadata (``lo``/``hi`` inclusive unless ``lo_open``)."""
+    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return field(metadata={"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _opt("fmnist", choices=DATASET_NAMES)
+    data_dir: str = _opt("", help="folder with the dataset files ('' = the standard places)")
+    download: bool = _opt(True)
+    val_size: int = _opt(5000, lo=0, help="examples held out of the training set for model selection")
+    val_seed: int = _opt(0)
+    train_subset: int = _opt(0, lo=0, help="use only the first N training examples (0 = all)")
+    augment: str = _opt("none", choices=("none",) + tuple(a for a in AUGMENTATIONS if a))
+    crop_padding: int = _opt(4, lo=0)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _opt("narrow_resnet", choices=tuple(MODELS))
+    ra_blocks: int = _opt(2, lo=0, help="RA blocks at the end of the network (0 = plain baseline)")
+    width: int = _opt(0, lo=0, help="narrow_resnet only: channels of the first stage (0 = default)")
+    num_blocks: list = _opt([], help="narrow_resnet only: blocks per stage ([] = default)")
+    pool_size: int = _opt(1, lo=1, help="pooled map size fed to fc (2 for 64x64 PreActResNet-18)")
+
+    def kwargs(self) -> dict:
+        """Constructor arguments beyond name/classes/channels, defaults left out."""
+        kw = {"ra_blocks": self.ra_blocks}
+        if self.pool_size != 1:
+            kw["pool_size"] = self.pool_size
+        accepted = inspect.signature(MODELS[self.name]).parameters
+        for key, unset in (("width", 0), ("num_blocks", [])):
+            value = getattr(self, key)
+            if value != unset:
+                if key not in accepted:
+                    raise UserError(f"model.{key} applies to narrow_resnet only, not to {self.name}")
+                kw[key] = list(value) if key == "num_blocks" else value
+        return kw
+
+
+@dataclass
+class ObjectiveConfig:
+    method: str = _opt("trades", choices=METHODS)
+    beta: float = _opt(6.0, lo=0)
+    attack_loss: str = _opt("ce", choices=("ce", "kl"))
+    eps: float = _opt(8 / 255, lo=0, hi=1, lo_open=True)
+    step_size: float = _opt(0.007, lo=0, hi=1, lo_open=True)
+    steps: int = _opt(10, lo=1, hi=1000)
+    random_start: str = _opt("normal", choices=STARTS)
+    cr_beta: float = _opt(2.0, lo=0)
+    zeta: float = _opt(0.0, lo=0, help="ANC weight (0 disables ANC)")
+    alpha: float = _opt(1.0, lo=0, hi=1)
+    negatives: str = _opt("random_adv", choices=STRATEGIES)
+    k: int = _opt(1, lo=1)
+    warmup: int = _opt(10, lo=0)
+
+    def objective(self) -> Objective:
+        return Objective(**asdict(self))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _opt(10, lo=1)
+    batch_size: int = _opt(128, lo=2)
+    lr: float = _opt(0.01, lo=0, lo_open=True)
+    momentum: float = _opt(0.9, lo=0, hi=1)
+    weight_decay: float = _opt(2e-4, lo=0)
+    schedule: str = _opt("piecewise", choices=("piecewise", "cosine", "constant"))
+    milestones: list = _opt([], help="piecewise: epochs where the lr is multiplied by gamma")
+    gamma: float = _opt(0.1, lo=0, lo_open=True)
+    seed: int = _opt(0)
+    deterministic: bool = _opt(True, help="deterministic kernels (CPU runs are then bit-reproducible)")
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    val_pgd_steps: int = _opt(10, lo=1)
+    val_batch_size: int = _opt(500, lo=1)
+    max_steps_per_epoch: int = _opt(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def _check_value(section: str, f, value: Any) -> Any:
+    key = f"{section}.{f.name}"
+    meta = f.metadata
+    default = f.default if f.default is not MISSING else f.default_factory()
+    expected = type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
+    if type(value) is not expected:
+        raise UserError(f"{key} must be {_TYPE_NAMES[expected]}, got {value!r}")
+    if expected is float and not math.isfinite(value):
+        raise UserError(f"{key} must be a finite number, got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise UserError(f"{key} = {value!r} is not valid: choose one of {', '.join(map(str, meta['choices']))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise UserError(f"{key} = {value!r} is out of range: must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"{key} = {value!r} is out of range: must be <= {hi}")
+    return value
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Validate a nested dict (as read from TOML) into a :class:`Config`."""
+    for section in raw:
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section [{section}]: valid sections are {', '.join(SECTIONS)}")
+    built = {}
+    for section, cls in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise UserError(f"[{section}] must be a table of keys, got {values!r}")
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise UserError(f"unknown key {section}.{key}: valid keys are {', '.join(known)}")
+        built[section] = cls(**{k: _check_value(section, known[k], v) for k, v in values.items()})
+    cfg = Config(**built)
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: Config) -> None:
+    """Cross-key rules that single-key checks cannot express."""
+    try:
+        cfg.model.kwargs()
+        cfg.objective.objective()
+    except ValueError as e:
+        raise UserError(f"objective: {e}") from None
+    if any(not isinstance(m, int) or m < 0 for m in cfg.train.milestones):
+        raise UserError(f"train.milestones must be a list of epoch numbers >= 0, got {cfg.train.milestones}")
+    if cfg.objective.step_size > cfg.objective.eps * 2.5 + 1e-12:
+        raise UserError(f"objective.step_size = {cfg.objective.step_size} is larger than 2.5 * eps "
+                        f"({cfg.objective.eps}): the attack would just bounce on the eps-ball")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"train.epochs=3"`` -> ``("train", "epochs", 3)``."""
+    key, sep, value = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise UserError(f"--set expects section.key=value (e.g. train.epochs=3), got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()  # a bare word: take it as a string
+    return section, name, parsed
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (or defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist (see configs/ for the shipped ones)")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    for text in overrides:
+        section, name, value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"[{section}] must be a table of keys")
+        raw[section][name] = value
+    return config_from_dict(raw)

@@ -1,0 +1,271 @@
+"""The training loop: data -> model -> objective per step -> validation -> checkpoints.
+
+A run directory holds::
+
+    config.json     the validated config of the run
+    metrics.jsonl   one JSON line per epoch (loss terms, accuracies, lr, seconds, images/s,
+                    validation clean and PGD accuracy)
+    state.pt        everything needed to resume (weights, optimiser, epoch, best so far)
+    last.pt         weights of the last epoch      } weights-only files with the model spec:
+    best.pt         weights of the best epoch      } ``ancra.checkpoint.load_model(path)``
+
+Resuming is exact on CPU: batch order, augmentation and attack noise of epoch ``e`` are pure
+functions of ``(seed, e)``, so a run resumed from the state of epoch ``e`` replays the same steps
+an uninterrupted run takes. Model selection uses the validation split held out of the training
+set (PGD accuracy); the test set is never looked at here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attacks import pgd
+from .checkpoint import atomic_save, safe_load, save_weights
+from .config import Config, config_from_dict
+from .data import DeviceLoader, load_dataset, split_validation
+from .errors import UserError
+from .models import create_model
+from .objectives import training_step
+from .progress import Progress
+
+STATE_FORMAT = "ancra-state/1"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Learning rate of ``epoch`` (0-based) under the configured schedule."""
+    t = cfg.train
+    if t.schedule == "piecewise":
+        return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
+    if t.schedule == "cosine":
+        return t.lr * 0.5 * (1 + math.cos(math.pi * epoch / t.epochs))
+    return t.lr
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the attack / negative-sampling generator of one epoch (resumable by construction)."""
+    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63)
+
+
+@torch.no_grad()
+def _predict(model, x, batch_size):
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def evaluate_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> tuple[float, float]:
+    """Clean and PGD-``steps`` accuracy (CE, uniform start, step eps/4) in eval mode."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    correct = correct_adv = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        correct += (_predict(model, xb, batch_size) == yb).sum().item()
+        x_adv = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, generator=g)
+        correct_adv += (_predict(model, x_adv, batch_size) == yb).sum().item()
+    return correct / len(x), correct_adv / len(x)
+
+
+@dataclass
+class RunFiles:
+    out: Path
+
+    @property
+    def state(self) -> Path:
+        return self.out / "state.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.out / "best.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.json"
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _truncate_metrics(path: Path, next_epoch: int) -> None:
+    """Drop metric lines of epochs the saved state does not contain (written before a crash)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < next_epoch]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Builds everything from a :class:`Config` and runs (or resumes) the epochs."""
+
+    def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.files = RunFiles(Path(out_dir))
+        self.progress = progress
+        t = cfg.train
+        self.device = resolve_device(t.device)
+        seed_everything(t.seed, t.deterministic)
+
+        d = cfg.data
+        splits = load_dataset(d.dataset, d.data_dir or None, d.download)
+        train_x, train_y = splits.train_x, splits.train_y
+        if d.train_subset:
+            train_x, train_y = train_x[:d.train_subset], train_y[:d.train_subset]
+        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, d.val_size, d.val_seed)
+        if len(train_x) < t.batch_size:
+            raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_x)} training examples")
+        self.loader = DeviceLoader(
+            train_x, train_y, t.batch_size, shuffle=True, drop_last=True,
+            augment=None if d.augment == "none" else d.augment, crop_padding=d.crop_padding,
+            seed=t.seed, device=self.device,
+        )
+        self.val_x = val_x.to(self.device).float().div_(255)
+        self.val_y = val_y.to(self.device)
+        self.num_classes = splits.num_classes
+
+        torch.manual_seed(t.seed)
+        self.model = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
+        self.model.to(self.device)
+        self.objective = cfg.objective.objective()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+                                         weight_decay=t.weight_decay)
+        self.epoch = 0
+        self.best = {"epoch": -1, "val_pgd_acc": -1.0}
+
+    # --- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best": dict(self.best),
+        }
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, progress: bool = True) -> "Trainer":
+        files = RunFiles(Path(out_dir))
+        if not files.state.exists():
+            raise UserError(f"nothing to resume in {out_dir}: {files.state} does not exist")
+        state = safe_load(files.state)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UserError(f"{files.state} is not an ancra training state")
+        trainer = cls(config_from_dict(state["config"]), out_dir, progress)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.epoch = state["epoch"]
+        trainer.best = state["best"]
+        _truncate_metrics(files.metrics, trainer.epoch)
+        return trainer
+
+    def _save(self, record: dict) -> None:
+        meta = {"epoch": record["epoch"], "val_clean_acc": record["val_clean_acc"],
+                "val_pgd_acc": record["val_pgd_acc"], "config": self.cfg.to_dict()}
+        save_weights(self.model, self.files.last, meta)
+        if record["epoch"] == self.best["epoch"]:
+            save_weights(self.model, self.files.best, meta)
+        # state last: a crash before this line replays the epoch, whose metrics line is dropped
+        atomic_save(self.state_dict(), self.files.state)
+
+    # --- loop ---------------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        cfg, epoch = self.cfg, self.epoch
+        lr = lr_at(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.loader.set_epoch(epoch)
+        n_steps = len(self.loader)
+        if cfg.train.max_steps_per_epoch:
+            n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
+        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.train.seed, epoch))
+        bar = Progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=self.progress)
+        sums: dict[str, torch.Tensor] = {}
+        start = time.perf_counter()
+        for step, (x, y) in enumerate(self.loader):
+            if step == n_steps:
+                break
+            metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0) + v
+            if not torch.isfinite(metrics["loss"]):
+                raise UserError(
+                    f"the loss became {metrics['loss'].item()} at epoch {epoch + 1}, step {step + 1}: "
+                    f"lower train.lr (now {lr}); the last good state is kept in {self.files.state}")
+            if step % 10 == 0 or step + 1 == n_steps:
+                bar.update(step + 1, loss=metrics["loss"].item())
+        bar.close()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch, "lr": lr}
+        record.update({k: v.item() / n_steps for k, v in sums.items()})
+        record["epoch_s"] = seconds
+        record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
+        o = cfg.objective
+        record["val_clean_acc"], record["val_pgd_acc"] = evaluate_clean_and_pgd(
+            self.model, self.val_x, self.val_y, eps=o.eps, steps=cfg.train.val_pgd_steps,
+            batch_size=cfg.train.val_batch_size, seed=cfg.train.seed)
+        record["val_s"] = time.perf_counter() - start - seconds
+        return record
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Run the remaining epochs (or only up to epoch ``stop_after``, e.g. to split a run)."""
+        self.files.out.mkdir(parents=True, exist_ok=True)
+        self.files.config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        record = {}
+        end = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
+        while self.epoch < end:
+            record = self.train_epoch()
+            val = record["val_pgd_acc"]
+            # without a validation split (val_size = 0) the best epoch is the last one
+            if math.isnan(val) or self.best["epoch"] < 0 or val >= self.best["val_pgd_acc"]:
+                self.best = {"epoch": record["epoch"], "val_pgd_acc": val, "val_clean_acc": record["val_clean_acc"]}
+            _append_jsonl(self.files.metrics, record)
+            self.epoch += 1
+            self._save(record)
+            if self.progress:
+                print(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}  "
+                      f"train nat/adv {record.get('nat_acc', float('nan')):.3f}/{record.get('adv_acc', float('nan')):.3f}  "
+                      f"val clean/PGD {record['val_clean_acc']:.3f}/{record['val_pgd_acc']:.3f}  "
+                      f"{record['images_per_s']:.0f} img/s", flush=True)
+        return {"best": self.best, "last": record, "out": str(self.files.out)}

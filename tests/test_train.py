@@ -1,0 +1,115 @@
+"""Trainer and CLI on the real Fashion-MNIST: run files, checkpoints, exact resume, config errors."""
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ancra.checkpoint import load_model
+from ancra.cli import main
+from ancra.config import load_config
+from ancra.errors import UserError
+from ancra.trainer import Trainer, lr_at
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SMOKE = CONFIGS / "smoke.toml"
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    assert main(["train", "--config", str(SMOKE), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_run_writes_metrics_and_loadable_checkpoints(smoke_run, fmnist):
+    lines = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for r in lines:
+        for key in ("loss", "base_loss", "anc_loss", "nat_acc", "adv_acc", "neg_acc", "lr", "epoch_s",
+                    "images_per_s", "val_clean_acc", "val_pgd_acc"):
+            assert key in r and r[key] == r[key]  # present and not NaN
+        assert 0 <= r["val_pgd_acc"] <= 1 and r["images_per_s"] > 0
+    assert lines[0]["lr"] == 0.05 and abs(lines[1]["lr"] - 0.005) < 1e-12  # milestone at epoch 1
+    for name in ("last.pt", "best.pt"):
+        raw = torch.load(smoke_run / name, weights_only=True)
+        assert raw["model"]["name"] == "narrow_resnet" and raw["model"]["ra_blocks"] == 2
+        model = load_model(smoke_run / name)
+        assert not model.training
+        assert model(fmnist[2][:5]).shape == (5, 10)
+    state = torch.load(smoke_run / "state.pt", weights_only=True)
+    assert state["epoch"] == 2
+    assert torch.equal(state["model"]["fc.weight"], _weights(smoke_run / "last.pt")["fc.weight"])
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, smoke_run):
+    out = tmp_path / "split"
+    first = Trainer(load_config(SMOKE), out, progress=False)
+    first.fit(stop_after=1)
+    assert json.loads((out / "metrics.jsonl").read_text())["epoch"] == 0
+    # a metrics line written after the last state (crash between the two) is dropped on resume
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 1, "loss": 0}) + "\n")
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    a, b = _weights(smoke_run / "last.pt"), _weights(out / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_existing_run_is_not_overwritten(smoke_run, capsys):
+    before = (smoke_run / "state.pt").read_bytes()
+    assert main(["train", "--config", str(SMOKE), "--out", str(smoke_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (smoke_run / "state.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.bogus=1", "unknown key train.bogus: valid keys are epochs"),
+        ("train.epochs='ten'", "train.epochs must be an integer, got 'ten'"),
+        ("train.lr=-1", "train.lr = -1.0 is out of range"),
+        ("objective.method=fgsm_at", "choose one of standard, pgd_at, trades, mart"),
+        ("model.name=vgg", "choose one of"),
+        ("objective.negatives=closest", "choose one of random, soft"),
+        ("objective.eps=2", "objective.eps = 2.0 is out of range: must be <= 1"),
+        ("optim.lr=1", "unknown config section [optim]"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_valid_choices(override, message):
+    with pytest.raises(UserError) as e:
+        load_config(SMOKE, [override])
+    assert message in str(e.value)
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nepochs = 0\n')
+    r = subprocess.run([sys.executable, "-m", "ancra", "train", "--config", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: train.epochs = 0 is out of range: must be >= 1"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_shipped_config_is_valid():
+    names = sorted(p.name for p in CONFIGS.glob("*.toml"))
+    assert "cifar10-resnet18-ancra-trades.toml" in names and "fmnist-demo.toml" in names
+    for name in names:
+        cfg = load_config(CONFIGS / name)
+        assert cfg.objective.eps > 0
+
+
+def test_learning_rate_schedules():
+    cfg = load_config(CONFIGS / "cifar10-resnet18-ancra-trades.toml")
+    assert [round(lr_at(cfg, e), 8) for e in (0, 74, 75, 89, 90, 100, 119)] == [0.01, 0.01, 0.001, 0.001, 0.0001, 0.00001, 0.00001]
+    cos = load_config(CONFIGS / "fmnist-demo.toml", ["train.epochs=4"])
+    assert lr_at(cos, 0) == cos.train.lr and abs(lr_at(cos, 2) - cos.train.lr / 2) < 1e-12
