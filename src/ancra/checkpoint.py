@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .distributed import unwrap
 from .errors import UserError
 from .models import create_model
 
@@ -66,16 +67,10 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
         raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt?)") from None
 
 
-def model_state_dict(model: nn.Module) -> dict:
-    """State dict of the underlying model (unwraps DDP / torch.compile wrappers)."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    return model.state_dict()
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
-    inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
-    atomic_save({"format": FORMAT, "model": dict(inner.spec), "state_dict": model_state_dict(model),
+    """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec."""
+    net = unwrap(model)
+    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": net.state_dict(),
                  "meta": meta or {}}, path)
 
 

@@ -43,8 +43,9 @@ def cmd_train(args) -> int:
         trainer = Trainer(load_config(args.config, args.overrides), args.out, progress=not args.quiet)
     result = trainer.fit()
     best = result["best"]
-    print(json.dumps({"out": result["out"], "best_epoch": best["epoch"] + 1,
-                      "best_val_pgd_acc": best.get("val_pgd_acc"), "best_val_clean_acc": best.get("val_clean_acc")}))
+    if trainer.dist.is_main:
+            print(json.dumps({"out": result["out"], "best_epoch": best["epoch"] + 1,
+                          "best_val_pgd_acc": best.get("val_pgd_acc"), "best_val_clean_acc": best.get("val_clean_acc")}))
     return 0
 
 

@@ -103,6 +103,7 @@ class TrainConfig:
     seed: int = _opt(0)
     deterministic: bool = _opt(True, help="deterministic kernels (CPU runs are then bit-reproducible)")
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    sync_bn: bool = _opt(False, help="multi-process runs: batch statistics over the global batch")
     val_pgd_steps: int = _opt(10, lo=1)
     val_batch_size: int = _opt(500, lo=1)
     max_steps_per_epoch: int = _opt(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .attacks import attack_mode, pgd
+from .distributed import unwrap
 from .losses import BASE_LOSSES, anc_loss
 from .negatives import needs_predictions, parse_strategy, select_negatives
 
@@ -109,7 +110,10 @@ def training_step(
     ``nat_acc``, ``adv_acc``, ``neg_acc`` (only those the method computes).
     """
     obj = objective
-    cr_beta = obj.cr_beta if getattr(model, "ra_blocks", 0) > 0 else 0.0
+    # ``model`` may be a DistributedDataParallel wrapper: gradient-carrying forwards go through
+    # it, attacks and no-grad forwards use the inner network (no gradient sync needed there).
+    net = unwrap(model)
+    cr_beta = obj.cr_beta if getattr(net, "ra_blocks", 0) > 0 else 0.0
     b = x.shape[0]
 
     # (1) negatives of each anchor, drawn within the batch
@@ -117,8 +121,8 @@ def training_step(
     if obj.uses_anc:
         logits = None
         if needs_predictions(obj.negatives, epoch, obj.warmup):
-            with torch.no_grad(), attack_mode(model):
-                logits = model(x)
+            with torch.no_grad(), attack_mode(net):
+                logits = net(x)
         idx = select_negatives(y, obj.k, obj.negatives, logits, epoch, obj.warmup, generator).reshape(-1)
         x_neg, y_neg = x[idx], y[idx]
 
@@ -136,7 +140,7 @@ def training_step(
         if attack_negatives:
             xs.append(x_neg), ys.append(y.repeat_interleave(obj.k))
             targeted.append(torch.ones(x_neg.shape[0], dtype=torch.bool, device=x.device))
-        adv = pgd(model, torch.cat(xs), torch.cat(ys), targeted=torch.cat(targeted), **attack)
+        adv = pgd(net, torch.cat(xs), torch.cat(ys), targeted=torch.cat(targeted), **attack)
         if attack_anchors:
             x_adv = adv[:b]
         if attack_negatives:
@@ -145,9 +149,9 @@ def training_step(
     # (3) train-mode forwards, with label-driven RA masks; the negative uses its own label
     model.train()
     needs_nat = obj.method != "pgd_at" or obj.uses_anc
-    out_nat = model.forward_with_aux(x, y) if needs_nat else None
-    out_adv = model.forward_with_aux(x_adv, y) if x_adv is not None else None
-    out_neg = model.forward_with_aux(x_neg, y_neg) if obj.uses_anc else None
+    out_nat = model(x, y, with_aux=True) if needs_nat else None
+    out_adv = model(x_adv, y, with_aux=True) if x_adv is not None else None
+    out_neg = model(x_neg, y_neg, with_aux=True) if obj.uses_anc else None
 
     # (4) loss, backward, step
     base_fn = BASE_LOSSES[obj.method]

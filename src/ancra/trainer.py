@@ -32,20 +32,13 @@ from .attacks import pgd
 from .checkpoint import atomic_save, safe_load, save_weights
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
+from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed, unwrap
 from .errors import UserError
 from .models import create_model
 from .objectives import training_step
 from .progress import Progress
 
 STATE_FORMAT = "ancra-state/1"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -69,9 +62,10 @@ def lr_at(cfg: Config, epoch: int) -> float:
     return t.lr
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the attack / negative-sampling generator of one epoch (resumable by construction)."""
-    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**63)
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the attack / negative-sampling generator of one epoch and rank (resumable by
+    construction: nothing random is carried from one epoch to the next)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729 + 12345) % (2**63)
 
 
 @torch.no_grad()
@@ -79,19 +73,18 @@ def _predict(model, x, batch_size):
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def evaluate_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> tuple[float, float]:
-    """Clean and PGD-``steps`` accuracy (CE, uniform start, step eps/4) in eval mode."""
-    if len(x) == 0:
-        return float("nan"), float("nan")
+def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Tensor:
+    """Numbers of examples correct clean and under PGD-``steps`` (CE, uniform start, step eps/4),
+    in eval mode, as a tensor ``[clean, pgd]`` (summable across ranks)."""
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(seed)
-    correct = correct_adv = 0
+    counts = torch.zeros(2, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        correct += (_predict(model, xb, batch_size) == yb).sum().item()
+        counts[0] += (_predict(model, xb, batch_size) == yb).sum()
         x_adv = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, generator=g)
-        correct_adv += (_predict(model, x_adv, batch_size) == yb).sum().item()
-    return correct / len(x), correct_adv / len(x)
+        counts[1] += (_predict(model, x_adv, batch_size) == yb).sum()
+    return counts
 
 
 @dataclass
@@ -142,10 +135,16 @@ class Trainer:
     def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True) -> None:
         self.cfg = cfg
         self.files = RunFiles(Path(out_dir))
-        self.progress = progress
         t = cfg.train
-        self.device = resolve_device(t.device)
+        if t.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+        self.dist, self.device = init_distributed(t.device)
+        self.progress = progress and self.dist.is_main
         seed_everything(t.seed, t.deterministic)
+        world = self.dist.world_size
+        if t.batch_size % world:
+            raise UserError(f"train.batch_size = {t.batch_size} (the global batch) must be divisible "
+                            f"by the {world} processes")
 
         d = cfg.data
         splits = load_dataset(d.dataset, d.data_dir or None, d.download)
@@ -156,19 +155,29 @@ class Trainer:
         if len(train_x) < t.batch_size:
             raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_x)} training examples")
         self.loader = DeviceLoader(
-            train_x, train_y, t.batch_size, shuffle=True, drop_last=True,
+            train_x, train_y, t.batch_size // world, shuffle=True, drop_last=True,
             augment=None if d.augment == "none" else d.augment, crop_padding=d.crop_padding,
-            seed=t.seed, device=self.device,
+            seed=t.seed, device=self.device, rank=self.dist.rank, world_size=world,
         )
-        self.val_x = val_x.to(self.device).float().div_(255)
-        self.val_y = val_y.to(self.device)
+        # each rank validates every world-th example; the counts are summed across ranks
+        r = self.dist.rank
+        self.val_x = val_x[r::world].to(self.device).float().div_(255)
+        self.val_y = val_y[r::world].to(self.device)
+        self.n_val = len(val_x)
         self.num_classes = splits.num_classes
 
         torch.manual_seed(t.seed)
-        self.model = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
-        self.model.to(self.device)
+        net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
+        if t.sync_bn and self.dist.enabled:
+            net = convert_sync_batchnorm(net, self.device)
+        net.to(self.device)
+        self.net = net
+        self.model = net
+        if self.dist.enabled:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.objective = cfg.objective.objective()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay)
         self.epoch = 0
         self.best = {"epoch": -1, "val_pgd_acc": -1.0}
@@ -179,7 +188,7 @@ class Trainer:
             "format": STATE_FORMAT,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "best": dict(self.best),
         }
@@ -193,14 +202,20 @@ class Trainer:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserError(f"{files.state} is not an ancra training state")
         trainer = cls(config_from_dict(state["config"]), out_dir, progress)
-        trainer.model.load_state_dict(state["model"])
+        trainer.net.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.epoch = state["epoch"]
         trainer.best = state["best"]
-        _truncate_metrics(files.metrics, trainer.epoch)
+        if trainer.dist.is_main:
+            _truncate_metrics(files.metrics, trainer.epoch)
+        barrier(trainer.dist)
         return trainer
 
     def _save(self, record: dict) -> None:
+        """Rank 0 writes; every rank waits so that no rank runs ahead of the saved state."""
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return
         meta = {"epoch": record["epoch"], "val_clean_acc": record["val_clean_acc"],
                 "val_pgd_acc": record["val_pgd_acc"], "config": self.cfg.to_dict()}
         save_weights(self.model, self.files.last, meta)
@@ -208,6 +223,7 @@ class Trainer:
             save_weights(self.model, self.files.best, meta)
         # state last: a crash before this line replays the epoch, whose metrics line is dropped
         atomic_save(self.state_dict(), self.files.state)
+        barrier(self.dist)
 
     # --- loop ---------------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -219,7 +235,7 @@ class Trainer:
         n_steps = len(self.loader)
         if cfg.train.max_steps_per_epoch:
             n_steps = min(n_steps, cfg.train.max_steps_per_epoch)
-        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.train.seed, epoch))
+        gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.train.seed, epoch, self.dist.rank))
         bar = Progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=self.progress)
         sums: dict[str, torch.Tensor] = {}
         start = time.perf_counter()
@@ -237,21 +253,26 @@ class Trainer:
                 bar.update(step + 1, loss=metrics["loss"].item())
         bar.close()
         seconds = time.perf_counter() - start
+        keys = sorted(sums)
+        means = all_reduce_sum(torch.stack([sums[k].float() for k in keys]), self.dist) / (n_steps * self.dist.world_size)
         record = {"epoch": epoch, "lr": lr}
-        record.update({k: v.item() / n_steps for k, v in sums.items()})
+        record.update(zip(keys, means.tolist()))
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
-        o = cfg.objective
-        record["val_clean_acc"], record["val_pgd_acc"] = evaluate_clean_and_pgd(
-            self.model, self.val_x, self.val_y, eps=o.eps, steps=cfg.train.val_pgd_steps,
-            batch_size=cfg.train.val_batch_size, seed=cfg.train.seed)
+        counts = count_clean_and_pgd(self.net, self.val_x, self.val_y, eps=cfg.objective.eps,
+                                     steps=cfg.train.val_pgd_steps, batch_size=cfg.train.val_batch_size,
+                                     seed=epoch_seed(cfg.train.seed, epoch, self.dist.rank))
+        counts = all_reduce_sum(counts, self.dist)
+        n = self.n_val
+        record["val_clean_acc"], record["val_pgd_acc"] = (counts / n).tolist() if n else (float("nan"),) * 2
         record["val_s"] = time.perf_counter() - start - seconds
         return record
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Run the remaining epochs (or only up to epoch ``stop_after``, e.g. to split a run)."""
-        self.files.out.mkdir(parents=True, exist_ok=True)
-        self.files.config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        if self.dist.is_main:
+            self.files.out.mkdir(parents=True, exist_ok=True)
+            self.files.config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         record = {}
         end = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
         while self.epoch < end:
@@ -260,7 +281,8 @@ class Trainer:
             # without a validation split (val_size = 0) the best epoch is the last one
             if math.isnan(val) or self.best["epoch"] < 0 or val >= self.best["val_pgd_acc"]:
                 self.best = {"epoch": record["epoch"], "val_pgd_acc": val, "val_clean_acc": record["val_clean_acc"]}
-            _append_jsonl(self.files.metrics, record)
+            if self.dist.is_main:
+                _append_jsonl(self.files.metrics, record)
             self.epoch += 1
             self._save(record)
             if self.progress:

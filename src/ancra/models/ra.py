@@ -116,5 +116,9 @@ class RANet(nn.Module):
             h = z * self._mask_map(w, z)
         raise AssertionError("unreachable")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_aux(x).logits
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, with_aux: bool = False):
+        """``model(x)``: logits with predicted-label RA. The optional arguments exist so that a
+        DistributedDataParallel wrapper can route training forwards: ``model(x, y, with_aux=True)``
+        is ``forward_with_aux(x, y)``."""
+        out = self.forward_with_aux(x, labels)
+        return out if with_aux else out.logits

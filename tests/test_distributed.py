@@ -1,0 +1,69 @@
+"""Real torch.distributed (gloo, 2 CPU processes launched by torchrun): DDP equals one process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Exact equivalence needs the same randomness in both runs: ANC negatives are drawn within each
+# rank's local batch and the attack's start noise per rank, so this run uses neither (zeta = 0,
+# no random start); SyncBatchNorm makes the batch statistics global.
+EQUIV = ["objective.zeta=0.0", "objective.random_start=none", "train.sync_bn=true", "train.epochs=2",
+         "train.max_steps_per_epoch=3"]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train(out, nproc, extra=(), resume=False):
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    args = ["-m", "ancra", "train", "--quiet"]
+    if resume:
+        args += ["--resume", str(out)]
+    else:
+        args += ["--config", str(CONFIGS / "smoke.toml"), "--out", str(out)] + [a for s in extra for a in ("--set", s)]
+    r = subprocess.run(launch + args, capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp") / "one"
+    _train(out, 1, EQUIV)
+    return out
+
+
+def test_two_processes_end_with_the_same_weights_as_one(single, tmp_path):
+    out = tmp_path / "two"
+    _train(out, 2, EQUIV)
+    a, b = _weights(single / "last.pt"), _weights(out / "last.pt")
+    assert a.keys() == b.keys() and not any(k.startswith("module.") for k in b)
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-5), k
+    # rank 0 alone wrote the metrics: one line per epoch
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_process_run_resumes(single, tmp_path):
+    out = tmp_path / "resumed"
+    _train(out, 2, EQUIV[:-2] + ["train.epochs=1", "train.max_steps_per_epoch=3"])
+    # extend the finished 1-epoch run to 2 epochs by editing nothing but the saved epoch count:
+    state = torch.load(out / "state.pt", weights_only=True)
+    state["config"]["train"]["epochs"] = 2
+    torch.save(state, out / "state.pt")
+    _train(out, 2, resume=True)
+    a, b = _weights(single / "last.pt"), _weights(out / "last.pt")
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-5), k
