@@ -49,15 +49,39 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time training steps (or evaluation attacks) of a config",
+                       description="Times whole training steps of CONFIG on synthetic data of its shape after "
+                                   "warm-up; prints images/s, median step time, FLOPs per step, achieved FLOP/s "
+                                   "and the fraction of a matmul peak measured in the same run.")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval", action="store_true", help="time the evaluation attack (PGD) instead of training")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+
+
+def cmd_bench(args) -> int:
+    from .bench import main_bench
+
+    return main_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ancra", description="Adversarial training with ANCRA and honest robustness evaluation.")
     parser.add_argument("--version", action="version", version=f"ancra {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_bench(sub)
     return parser
 
 
-COMMANDS = {"train": cmd_train}
+COMMANDS = {"train": cmd_train, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

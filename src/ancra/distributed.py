@@ -11,6 +11,7 @@ DistributedDataParallel; rank 0 writes logs and checkpoints.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         count = x.new_tensor([x.numel() // c])
-        stats = dist_nn.all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        with warnings.catch_warnings():
+            # deprecated in favour of a functional collective that has no autograd support yet
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = dist_nn.all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c:2 * c] / n - mean * mean
@@ -105,6 +109,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside a DistributedDataParallel / torch.compile wrapper."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    """The user's model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

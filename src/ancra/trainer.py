@@ -36,6 +36,7 @@ from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_d
 from .errors import UserError
 from .models import create_model
 from .objectives import training_step
+from .precision import autocast_context
 from .progress import Progress
 
 STATE_FORMAT = "ancra-state/1"
@@ -170,12 +171,14 @@ class Trainer:
         net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
         if t.sync_bn and self.dist.enabled:
             net = convert_sync_batchnorm(net, self.device)
-        net.to(self.device)
+        net.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
         self.net = net
         self.model = net
         if self.dist.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:
+            self.model = torch.compile(self.model)
         self.objective = cfg.objective.objective()
         self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum,
                                          weight_decay=t.weight_decay)
@@ -242,7 +245,10 @@ class Trainer:
         for step, (x, y) in enumerate(self.loader):
             if step == n_steps:
                 break
-            metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
+            if cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_context(self.device, cfg.train.precision):
+                metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v
             if not torch.isfinite(metrics["loss"]):

@@ -1,0 +1,153 @@
+"""``ancra bench``: time whole training steps (or evaluation attacks) of a config on synthetic data.
+
+The result is one JSON line: median step time, images/s, the FLOPs of one step counted by
+``torch.utils.flop_counter`` (forward + backward of every op actually run: attacks, training
+forwards, backward), the achieved FLOP/s, and its fraction of a peak measured on the same device in
+the same run (a large matmul in the same dtype). Benchmarks are not tests: numbers go to docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from .attacks import pgd
+from .config import Config
+from .errors import UserError
+from .models import create_model
+from .objectives import training_step
+from .precision import autocast_context
+
+#: (channels, image size, classes) of each dataset: synthetic batches need no files
+DATASET_SHAPES = {"fmnist": (1, 28, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, 64, 200)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(device: torch.device, precision: str, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul in the benchmark's dtype on ``device`` (the practical peak)."""
+    n = 8192 if device.type == "cuda" else 2048
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        _sync(device)
+        if time.perf_counter() - start > seconds:
+            break
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of every op ``fn`` runs (forward and backward), by torch's FLOP counter.
+
+    The counter's per-module tracking installs backward hooks that ``autograd.grad`` w.r.t. an
+    input leaf (every attack step) does not support, so only the global count is kept."""
+    from torch.utils import flop_counter
+
+    class GlobalFlopCounter(flop_counter.FlopCounterMode):
+        def __enter__(self):
+            self.flop_counts.clear()
+            self.mode = flop_counter._FlopCounterMode(self)
+            self.mode.__enter__()
+            return self
+
+        def __exit__(self, *args):
+            out = self.mode.__exit__(*args)
+            self.mode = None
+            return out
+
+    with GlobalFlopCounter(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def run_bench(cfg: Config, *, batch: int, steps: int, device: str, precision: str, compile: bool,
+              eval_mode: bool, warmup: int = 2, seed: int = 0) -> dict:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    channels, size, classes = DATASET_SHAPES[cfg.data.dataset]
+    torch.manual_seed(seed)
+    net = create_model(cfg.model.name, classes, channels, **cfg.model.kwargs()).to(dev)
+    x = torch.rand(batch, channels, size, size, device=dev)
+    y = torch.arange(batch, device=dev) % classes
+    if cfg.train.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model = torch.compile(net) if compile else net
+    obj = cfg.objective.objective()
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    if eval_mode:
+        # evaluation attack throughput: PGD with the config's steps on the clean batch, eval mode
+        net.eval()
+
+        def step():
+            with autocast_context(dev, precision):
+                pgd(model, x, y, eps=obj.eps, step_size=obj.eps / 4, steps=obj.steps, generator=gen)
+    else:
+        def step():
+            with autocast_context(dev, precision):
+                training_step(model, opt, x, y, obj, epoch=0, generator=gen)
+
+    for _ in range(warmup):
+        step()
+    _sync(dev)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    flops = count_flops(step)
+    peak = measure_matmul_peak(dev, precision)
+    achieved = flops / step_s
+    return {
+        "mode": "eval" if eval_mode else "train",
+        "config": {"model": cfg.model.name, "dataset": cfg.data.dataset, "method": obj.method, "zeta": obj.zeta,
+                   "attack_steps": obj.steps, "ra_blocks": cfg.model.ra_blocks},
+        "batch": batch, "steps": steps, "device": device,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "precision": precision, "compile": compile,
+        "channels_last": cfg.train.channels_last,
+        "step_s": step_s, "step_s_all": times, "images_per_s": batch / step_s,
+        "flops_per_step": flops, "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
+        "fraction_of_peak": achieved / peak, "torch": torch.__version__,
+    }
+
+
+def main_bench(args) -> int:
+    from .config import load_config
+
+    if args.batch < 2 or args.steps < 1:
+        raise UserError("--batch must be >= 2 and --steps >= 1")
+    cfg = load_config(args.config, args.overrides)
+    result = run_bench(cfg, batch=args.batch, steps=args.steps, device=args.device, precision=args.precision,
+                       compile=args.compile, eval_mode=args.eval, warmup=args.warmup)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['mode']} {cfg.model.name} batch {args.batch} {args.precision}: "
+              f"{result['step_s']:.4f} s/step, {result['images_per_s']:.1f} img/s, "
+              f"{result['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * result['fraction_of_peak']:.1f}% of a "
+              f"{result['peak_flops_per_s'] / 1e9:.0f} GFLOP/s matmul")
+    return 0
