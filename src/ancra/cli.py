@@ -1,4 +1,4 @@
-"""Command line: ``ancra train | eval`` (also ``python -m ancra``).
+"""Command line: ``ancra train | eval | bench | analyze`` (also ``python -m ancra``).
 
 User errors (bad config, missing or unsafe file, out-of-range value) print one line
 ``error: ...`` and exit with status 2, without a traceback.
@@ -78,10 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_bench(sub)
+    from .analysis import add_parser as _add_analyze
+
+    _add_analyze(sub)
     return parser
 
 
-COMMANDS = {"train": cmd_train, "bench": cmd_bench}
+def cmd_analyze(args) -> int:
+    from .analysis import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "bench": cmd_bench, "analyze": cmd_analyze}
 
 
 def main(argv: list[str] | None = None) -> int:
