@@ -129,6 +129,10 @@ def pgd(
     if eps < 0 or step_size < 0 or steps < 0 or restarts < 1:
         raise ValueError("eps, step_size and steps must be >= 0 and restarts >= 1")
     x = x.detach()
+    lo, hi = torch.aminmax(x)
+    if lo < 0 or hi > 1:
+        raise ValueError(f"attack inputs must be images in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]: "
+                         "pass unnormalised images (models normalise internally, if at all)")
     if not torch.is_tensor(targeted):
         targeted = torch.full((x.shape[0],), bool(targeted), device=x.device)
     with_aux = cr_beta > 0

@@ -13,6 +13,7 @@ crash mid-write never destroys the previous checkpoint.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -43,8 +44,8 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
-            raise UserError(f"disk full while writing {path}: free space; the previous file is intact") from None
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {path}: free some space; the previous {path.name} is intact") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

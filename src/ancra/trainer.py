@@ -17,6 +17,7 @@ set (PGD accuracy); the test set is never looked at here.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -114,10 +115,15 @@ class RunFiles:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {path}: free some space, then resume the run") from None
+        raise
 
 
 def _truncate_metrics(path: Path, next_epoch: int) -> None:
