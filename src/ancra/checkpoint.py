@@ -29,6 +29,15 @@ from .models import create_model
 FORMAT = "ancra-weights/1"
 
 
+def _caused_by_full_disk(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (torch.save re-raises it as a RuntimeError)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` via temp file + fsync + rename (the old file survives a crash)."""
     path = Path(path)
@@ -44,7 +53,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if _caused_by_full_disk(e):
             raise UserError(f"disk full while writing {path}: free some space; the previous {path.name} is intact") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)

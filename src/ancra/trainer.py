@@ -204,9 +204,17 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir: str | Path, progress: bool = True) -> "Trainer":
+        """Continue the run in ``out_dir`` from its last state; a run killed before its first
+        state was written starts over from its config.json."""
         files = RunFiles(Path(out_dir))
         if not files.state.exists():
-            raise UserError(f"nothing to resume in {out_dir}: {files.state} does not exist")
+            if not files.config.exists():
+                raise UserError(f"nothing to resume in {out_dir}: neither state.pt nor config.json exists")
+            try:
+                raw = json.loads(files.config.read_text())
+            except json.JSONDecodeError:
+                raise UserError(f"{files.config} is corrupt: start a new run with --config") from None
+            return cls(config_from_dict(raw), out_dir, progress)
         state = safe_load(files.state)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserError(f"{files.state} is not an ancra training state")
@@ -215,9 +223,6 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.epoch = state["epoch"]
         trainer.best = state["best"]
-        if trainer.dist.is_main:
-            _truncate_metrics(files.metrics, trainer.epoch)
-        barrier(trainer.dist)
         return trainer
 
     def _save(self, record: dict) -> None:
@@ -284,7 +289,12 @@ class Trainer:
         """Run the remaining epochs (or only up to epoch ``stop_after``, e.g. to split a run)."""
         if self.dist.is_main:
             self.files.out.mkdir(parents=True, exist_ok=True)
-            self.files.config.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            tmp = self.files.config.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            os.replace(tmp, self.files.config)
+            # lines of epochs after the saved state were written before a crash: replayed now
+            _truncate_metrics(self.files.metrics, self.epoch)
+        barrier(self.dist)
         record = {}
         end = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
         while self.epoch < end:
