@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ancra {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    from .evaluate_cli import add_parser as _add_eval
+
+    _add_eval(sub)
     _add_bench(sub)
     from .analysis import add_parser as _add_analyze
 
@@ -90,7 +93,13 @@ def cmd_analyze(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "bench": cmd_bench, "analyze": cmd_analyze}
+def cmd_eval(args) -> int:
+    from .evaluate_cli import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "analyze": cmd_analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

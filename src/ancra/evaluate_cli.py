@@ -1,0 +1,121 @@
+"""``ancra eval CHECKPOINT``: load a checkpoint and its test split, run a suite, write the report.
+
+Under torchrun the examples are split into contiguous shards, one per rank; each rank evaluates
+its shard (AutoAttack included) into ``OUT/shard-R`` and rank 0 merges the per-example results
+into ``OUT`` (the same numbers as one process, see tests/test_eval_cli.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .data import load_dataset
+from .distributed import barrier, init_distributed
+from .errors import UserError
+
+
+def add_parser(sub) -> None:
+    from .evaluation import SUITES
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: standard attacks, AutoAttack, adaptive attacks",
+                       description="Evaluate CHECKPOINT on the test split (its first N examples, or all) in fp32: "
+                                   "the standard suite (clean, FGSM, PGD-20/40, CW-inf, AutoAttack), the adaptive "
+                                   "suite against Reverse Attention (A1-A8 of EVALUATION.md) or both; writes "
+                                   "report.json, report.md and plots to --out.")
+    p.add_argument("checkpoint", type=Path, help="a weights file (last.pt / best.pt of `ancra train`)")
+    p.add_argument("--suite", choices=SUITES, default="standard")
+    p.add_argument("--n-examples", type=int, default=0, help="evaluate the first N test examples (0 = all)")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the eps the checkpoint was trained with)")
+    p.add_argument("--transfer-from", type=Path, metavar="CKPT", help="a same-architecture model without RA (A6 transfer)")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--data-dir", type=Path, help="dataset folder (default: the checkpoint's config, then the standard places)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced budgets (AutoAttack APGD-CE + APGD-T, fewer iterations and queries): demos and tests, "
+                        "never headline numbers; recorded in the report")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(args) -> int:
+    from .evaluation import evaluate, merge_reports
+
+    if args.n_examples < 0:
+        raise UserError(f"--n-examples must be >= 0, got {args.n_examples}")
+    if args.eps is not None and not 0 < args.eps <= 1:
+        raise UserError(f"--eps must be in (0, 1], got {args.eps}")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
+    config = model.checkpoint_meta.get("config", {})
+    dataset = config.get("data", {}).get("dataset", "fmnist")
+    eps = args.eps if args.eps is not None else config.get("objective", {}).get("eps")
+    if eps is None:
+        raise UserError(f"{args.checkpoint} records no training eps: pass --eps")
+    data_dir = args.data_dir or config.get("data", {}).get("data_dir") or None
+    splits = load_dataset(dataset, data_dir, download=True)
+    spec = model.spec
+    if spec["in_channels"] != splits.in_channels or spec["num_classes"] != splits.num_classes:
+        raise UserError(f"{args.checkpoint} is a {spec['num_classes']}-class model on {spec['in_channels']}-channel "
+                        f"images but {dataset} has {splits.num_classes} classes and {splits.in_channels} channels")
+    n = len(splits.test_x) if args.n_examples == 0 else min(args.n_examples, len(splits.test_x))
+    x = splits.test_x[:n].float().div_(255)
+    y = splits.test_y[:n]
+    transfer = load_model(args.transfer_from) if args.transfer_from else None
+
+    info, device = init_distributed(args.device)
+    meta = {
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_hash": "sha256:" + _sha256(args.checkpoint),
+        "model_selection": {"best.pt": "best validation PGD accuracy (held-out training split)",
+                            "last.pt": "last epoch"}.get(args.checkpoint.name, "as given"),
+        "trained_epochs": model.checkpoint_meta.get("epoch", -1) + 1,
+        "train_config": config,
+        "architecture": spec,
+    }
+    subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
+    common = dict(suite=args.suite, eps=eps, batch_size=args.batch_size, seed=args.seed, transfer_model=transfer,
+                  device=device, dataset=dataset, quick=args.quick, meta=meta, subset=subset)
+    if not info.enabled:
+        report = evaluate(model, x, y, out_dir=args.out, progress=True, **common)
+    else:
+        bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
+        lo, hi = bounds[info.rank], bounds[info.rank + 1]
+        evaluate(model, x[lo:hi], y[lo:hi], out_dir=args.out / f"shard-{info.rank}", progress=info.is_main, **common)
+        barrier(info)
+        report = merge_reports([args.out / f"shard-{r}" for r in range(info.world_size)], args.out) if info.is_main else None
+        barrier(info)
+    if info.is_main:
+        print_summary(report, args.out)
+    return 0
+
+
+def print_summary(report: dict, out: Path) -> None:
+    rows = [("clean", report["clean_acc"])]
+    rows += [(name, a["acc"] if isinstance(a, dict) else a) for name, a in report.get("attacks", {}).items()
+             if name != "clean"]
+    rows.append(("worst case", report["worst_case_acc"]))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{report['n_examples']} examples, eps {report.get('eps', '')}:")
+    for name, acc in rows:
+        print(f"  {name:<{width}}  {100 * acc:6.2f}%" if isinstance(acc, (int, float)) else f"  {name:<{width}}  {acc}")
+    for flag in report.get("flags", []):
+        print(f"  flag: {flag}", file=sys.stdout)
+    print(f"report: {out / 'report.md'}  ({out / 'report.json'})")

@@ -1,0 +1,336 @@
+"""Reports, EVALUATION.md section 4: ``report.json`` (RobustBench-like keys), ``report.md``,
+``acc_vs_eps.png``, ``acc_vs_steps.png`` and ``per_example.pt``.
+
+Everything in a report is computed from per-example tensors (``clean``, ``robust/<attack>``,
+``correct/<attack>``, curves, ``diag/*``) plus the attacks' metadata. ``per_example.pt`` stores
+both, so shards of an evaluation (disjoint slices of the test set run by several processes) can be
+merged exactly by :func:`merge_reports`: concatenate the tensors, rebuild the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from .common import acc
+from .sanity import sanity_flags
+from .standard import CIFAR_LIKE
+
+PER_EXAMPLE = "per_example.pt"
+
+
+def eps_fraction(eps: float) -> str:
+    """``0.1 -> '1/10'``, ``8/255 -> '8/255'`` (RobustBench style)."""
+    f = Fraction(eps).limit_denominator(255)
+    return f"{f.numerator}/{f.denominator}" if f.denominator != 1 else str(f.numerator)
+
+
+def software_versions() -> dict:
+    import numpy
+
+    from .. import __version__ as ancra_version
+    from .autoattack import autoattack_version
+
+    try:
+        import matplotlib
+
+        mpl = matplotlib.__version__
+    except ImportError:  # pragma: no cover
+        mpl = None
+    return {"ancra": ancra_version, "torch": str(torch.__version__), "pyautoattack": autoattack_version(),
+            "numpy": numpy.__version__, "matplotlib": mpl, "python": platform.python_version()}
+
+
+def _stats(t: torch.Tensor) -> dict | None:
+    if t.numel() == 0:
+        return None
+    t = t.float()
+    return {"mean": float(t.mean()), "median": float(t.median()), "min": float(t.min()), "max": float(t.max()),
+            "q10": float(t.quantile(0.1)), "q90": float(t.quantile(0.9))}
+
+
+def diagnostics(pe: dict[str, torch.Tensor]) -> dict:
+    """A8 summary: gate-flip rate among successful adversarial examples, agreement of the final and
+    last aux head (clean / adversarial), zero input gradients, final-logit margins."""
+    if "diag/margin_clean" not in pe:
+        return {}
+    has_adv = pe["diag/has_adv"]
+    d = {
+        "n_with_adversarial_example": int(has_adv.sum()),
+        "zero_grad_fraction": acc(pe["diag/grad_zero"]),
+        "zero_grad_entries_mean_fraction": float(pe["diag/grad_zero_frac"].mean()),
+        "margin_clean": _stats(pe["diag/margin_clean"]),
+        "margin_adv": _stats(pe["diag/margin_adv"][has_adv]),
+    }
+    if "diag/gate_flip" in pe:
+        d["gate_flip_rate_among_successes"] = acc(pe["diag/gate_flip"][has_adv]) if has_adv.any() else None
+        d["final_vs_last_aux_agreement_clean"] = acc(pe["diag/agree_clean"])
+        d["final_vs_last_aux_agreement_adv"] = acc(pe["diag/agree_adv"][has_adv]) if has_adv.any() else None
+    return d
+
+
+def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context: dict) -> dict:
+    """The report dict from per-example tensors, attack metadata (run order) and run context."""
+    n = len(pe["clean"])
+    eps = float(context["eps"])
+    dataset = context.get("dataset", "fmnist")
+    in_wc = [k for k, m in attacks.items() if m.get("in_worst_case")]
+    worst = torch.stack([pe[f"robust/{k}"] for k in in_wc]).all(0) if in_wc else pe["clean"]
+    std = [k for k in in_wc if attacks[k].get("group") == "standard"]
+    table = {}
+    for k, m in attacks.items():
+        raw = None if m.get("cascade") else acc(pe[f"correct/{k}"])
+        table[k] = {"acc": acc(pe[f"robust/{k}"]), "raw_acc": raw, **m}
+    flags, sanity = sanity_flags(pe, attacks, dataset=dataset, eps=eps)
+    flags = list(context.get("extra_flags", [])) + flags
+    spec = context.get("model_spec")
+    aa_info = attacks.get("autoattack", {}).get("info", {})
+    report = {
+        "dataset": dataset,
+        "threat_model": "Linf",
+        "eps": eps_fraction(eps),
+        "eps_value": eps,
+        "eps_255": round(eps * 255, 3) if dataset.lower() in CIFAR_LIKE else None,
+        "architecture": (spec or {}).get("name") if spec else context.get("architecture"),
+        "model_spec": spec,
+        "is_ra_model": context.get("is_ra_model"),
+        "n_examples": n,
+        "subset": context.get("subset"),
+        "suite": context.get("suite"),
+        "quick": context.get("quick"),
+        "seed": context.get("seed"),
+        "checkpoint_hash": (context.get("meta") or {}).get("checkpoint_hash"),
+        "clean_acc": acc(pe["clean"]),
+        "autoattack_acc": table.get("autoattack", {}).get("acc"),
+        "autoattack": {k: aa_info.get(k) for k in ("version", "attacks", "apgd_n_iter", "apgd_t_targets",
+                                                     "fab_t_targets", "square_queries", "quick",
+                                                     "component_acc", "perturbed", "state_file")} if aa_info else None,
+        "worst_case_acc": acc(worst),
+        "worst_case_over": in_wc,
+        "standard_worst_case_acc": acc(torch.stack([pe[f"robust/{k}"] for k in std]).all(0)) if std else None,
+        "attacks": table,
+        "ablation": {k: v["acc"] for k, v in table.items() if v.get("group") == "ablation"},
+        "diagnostics": diagnostics(pe),
+        "sanity": sanity,
+        "flags": flags,
+        "timings": {k: m.get("seconds") for k, m in attacks.items()} | {"total": context.get("total_seconds")},
+        "software": context.get("software") or software_versions(),
+        "config": context.get("config"),
+        "meta": context.get("meta"),
+        "files": {"per_example": PER_EXAMPLE, "markdown": "report.md", "plots": ["acc_vs_eps.png", "acc_vs_steps.png"]},
+    }
+    return report
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def to_markdown(r: dict) -> str:
+    lines = [
+        f"# Robustness report: {r.get('architecture') or 'model'} on {r['dataset']}",
+        "",
+        f"- threat model: L-inf, eps = {r['eps']}" + (f" ({r['eps_255']:g}/255)" if r.get("eps_255") else "")
+        + f"; n_examples = {r['n_examples']}" + (f" ({r['subset']})" if r.get("subset") else ""),
+        f"- suite: {r['suite']}" + (" (QUICK settings: not a headline number)" if r.get("quick") else "")
+        + f"; seed {r['seed']}; checkpoint {r.get('checkpoint_hash') or '-'}",
+        f"- **clean {_pct(r['clean_acc'])}%, AutoAttack {_pct(r['autoattack_acc'])}%, "
+        f"worst case {_pct(r['worst_case_acc'])}%** (per-example minimum over {len(r['worst_case_over'])} attacks)",
+        "",
+        "| attack | group | kind | accuracy (%) | broken / attacked | time (s) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for k, v in r["attacks"].items():
+        info = v.get("info", {})
+        ba = f"{info['broken']} / {info['attacked']}" if v.get("cascade") else ""
+        acc_s = _pct(v["acc"]) + (" (cum.)" if v.get("cascade") else "")
+        lines.append(f"| {k} | {v['group']} | {v['kind']} | {acc_s} | {ba} | {v.get('seconds', 0):.1f} |")
+    lines += ["", "Cascade attacks (cum.) only attack the examples that survived every earlier attack; their "
+              "accuracy is the running per-example worst case.", ""]
+    aa = r.get("autoattack")
+    if aa:
+        lines += [f"AutoAttack: version `{aa['version']}`, attacks {', '.join(aa['attacks'] or [])}"
+                  + (" (quick)" if aa.get("quick") else ""), ""]
+    lines += ["## Flags", ""]
+    lines += [f"- {f}" for f in r["flags"]] or ["- none"]
+    d = r.get("diagnostics") or {}
+    if d:
+        lines += ["", "## Diagnostics (A8)", ""]
+        for k, v in d.items():
+            if isinstance(v, dict):
+                v = ", ".join(f"{a}={b:.3g}" for a, b in v.items())
+            elif isinstance(v, float):
+                v = f"{v:.4g}"
+            lines.append(f"- {k}: {v}")
+    s = r.get("sanity") or {}
+    if s.get("acc_vs_eps"):
+        lines += ["", "## Accuracy vs eps", "", "| attack | " + " | ".join(next(iter(s["acc_vs_eps"].values())).keys()) + " |",
+                  "|---|" + "---:|" * len(next(iter(s["acc_vs_eps"].values())))]
+        for a, dd in s["acc_vs_eps"].items():
+            lines.append(f"| {a} | " + " | ".join(_pct(v) for v in dd.values()) + " |")
+    if s.get("acc_vs_steps"):
+        lines += ["", "## PGD accuracy vs steps", "", "| steps | " + " | ".join(str(k) for k in s["acc_vs_steps"]) + " |",
+                  "|---|" + "---:|" * len(s["acc_vs_steps"]),
+                  "| acc (%) | " + " | ".join(_pct(v) for v in s["acc_vs_steps"].values()) + " |"]
+    if r.get("ablation"):
+        lines += ["", "## Ablation A7 (RA off; not in the worst case)", ""]
+        lines += [f"- {k}: {_pct(v)}%" for k, v in r["ablation"].items()]
+    sw = r.get("software") or {}
+    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in sw.items()), ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, out_dir: Path) -> list[Path]:
+    """``acc_vs_eps.png`` and ``acc_vs_steps.png`` (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = report.get("sanity") or {}
+    cifar = report["dataset"].lower() in CIFAR_LIKE
+    scale, unit = (255.0, "eps (L-inf, in 1/255)") if cifar else (1.0, "eps (L-inf, pixel range [0, 1])")
+    title_tail = f"{report.get('architecture') or 'model'}, {report['dataset']}, n={report['n_examples']}"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    labels = {"pgd": "PGD (CE, plain gradient of model(x))", "adaptive": "adaptive PGD (BPDA gate, all heads)"}
+    for atk, d in (s.get("acc_vs_eps") or {}).items():
+        es = [float(e) * scale for e in d]
+        ax.plot(es, [100 * v for v in d.values()], marker="o", label=labels.get(atk, atk))
+    ax.axvline(report["eps_value"] * scale, color="grey", ls="--", lw=1, label=f"evaluation eps = {report['eps']}")
+    if report.get("worst_case_acc") is not None:
+        ax.scatter([report["eps_value"] * scale], [100 * report["worst_case_acc"]], color="red", zorder=5,
+                   label="worst case (all attacks)")
+    ax.set_xlabel(unit)
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Accuracy vs perturbation budget\n{title_tail}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out_dir / "acc_vs_eps.png"
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    st = s.get("acc_vs_steps") or {}
+    if st:
+        ks = [int(k) for k in st]
+        ax.plot(ks, [100 * v for v in st.values()], marker="o", label="PGD (CE, 1 restart)")
+    for r_, v in (s.get("acc_vs_restarts") or {}).items():
+        ax.scatter([20], [100 * v], marker="s", color="purple", zorder=5, label=f"PGD-20 x {r_} restarts")
+    if report.get("autoattack_acc") is not None:
+        ax.axhline(100 * report["autoattack_acc"], color="orange", ls="--", label="AutoAttack")
+    if report.get("worst_case_acc") is not None:
+        ax.axhline(100 * report["worst_case_acc"], color="red", ls=":", label="worst case (all attacks)")
+    ax.set_xscale("log")
+    if st:
+        from matplotlib.ticker import NullFormatter, NullLocator
+
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+    if report.get("clean_acc") is not None:
+        ax.axhline(100 * report["clean_acc"], color="green", ls="-.", lw=1, label="clean")
+    ax.set_xlabel("PGD iterations (log scale)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Accuracy vs attack iterations at eps = {report['eps']}\n{title_tail}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = out_dir / "acc_vs_steps.png"
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, str):
+        return str(o)  # plain str (torch.__version__ is a str subclass weights-only loads refuse)
+    if isinstance(o, (int, float, bool)) or o is None:
+        return o
+    if isinstance(o, torch.Tensor) and o.numel() == 1:
+        return o.item()
+    return str(o)
+
+
+def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context: dict, out_dir) -> dict:
+    """Build the report and write ``report.json``, ``report.md``, the plots and ``per_example.pt``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = _jsonable(build_report(pe, attacks, context))
+    torch.save({"tensors": {k: v.detach().cpu() for k, v in pe.items()}, "attacks": _jsonable(attacks),
+                "context": _jsonable(context)}, out_dir / PER_EXAMPLE)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(to_markdown(report))
+    plot(report, out_dir)
+    return report
+
+
+def load_per_example(path) -> dict:
+    """Read a ``per_example.pt`` (weights-only: tensors and builtins)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PER_EXAMPLE
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def merge_reports(shard_dirs, out_dir) -> dict:
+    """Merge shard evaluations (disjoint example slices, same configuration) into one report.
+
+    Per-example tensors are concatenated in the given order, timings are summed, flags coming
+    from AutoAttack's logs are kept (prefixed by shard), and the report, plots and merged
+    ``per_example.pt`` are written to ``out_dir``."""
+    shards = [load_per_example(d) for d in shard_dirs]
+    if not shards:
+        raise ValueError("no shards to merge")
+    keys = [set(s["tensors"]) for s in shards]
+    common = set.intersection(*keys)
+    pe = {k: torch.cat([s["tensors"][k] for s in shards]) for k in shards[0]["tensors"] if k in common}
+    attacks = {}
+    for name, m in shards[0]["attacks"].items():
+        m = dict(m)
+        m["seconds"] = sum(s["attacks"].get(name, {}).get("seconds", 0) or 0 for s in shards)
+        info = dict(m.get("info", {}))
+        if "broken" in info:
+            info["broken"] = sum(s["attacks"].get(name, {}).get("info", {}).get("broken", 0) for s in shards)
+            info["attacked"] = sum(s["attacks"].get(name, {}).get("info", {}).get("attacked", 0) for s in shards)
+        if "component_acc" in info:  # cumulative fractions: average weighted by shard size
+            sizes = [len(sh["tensors"]["clean"]) for sh in shards]
+            comps = [sh["attacks"].get(name, {}).get("info", {}).get("component_acc", {}) for sh in shards]
+            keys_ = set.intersection(*[set(c) for c in comps]) if comps else set()
+            info["component_acc"] = {k: sum(c[k] * w for c, w in zip(comps, sizes)) / sum(sizes) for k in keys_}
+        if "perturbed" in info:
+            merged: dict = {}
+            for s in shards:
+                for a, c in s["attacks"].get(name, {}).get("info", {}).get("perturbed", {}).items():
+                    merged[a] = merged.get(a, 0) + c
+            info["perturbed"] = merged
+        flags = []
+        for i, s in enumerate(shards):
+            flags += [f"{f} [shard {i}]" for f in s["attacks"].get(name, {}).get("info", {}).get("flags", [])]
+        if "flags" in info:
+            info["flags"] = flags
+        m["info"] = info
+        attacks[name] = m
+    context = dict(shards[0]["context"])
+    context["total_seconds"] = sum(s["context"].get("total_seconds") or 0 for s in shards)
+    context["subset"] = f"merged from {len(shards)} shards"
+    context["shards"] = [str(d) for d in shard_dirs]
+    return write_report(pe, attacks, context, out_dir)

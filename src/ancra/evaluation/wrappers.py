@@ -1,0 +1,148 @@
+"""Views of an RA model with a chosen gate: the gradient sources of the adaptive suite.
+
+METHOD.md section 2: each RA block computes ``aux = fc(pool(z))`` and continues with
+``z * W[argmax aux]``. The argmax has no gradient, so the final logits' gradient never "sees" that
+moving ``aux`` flips the mask: the shattered-gradient pattern of EVALUATION.md. :class:`RAView`
+re-runs the model's own modules (``stem``, the plain blocks of ``final_stage``, the RA blocks,
+``post_activation``, ``pool``, ``classifier``) with the gate replaced, without editing the model:
+
+========  =========================================================================================
+gate      mask used by every RA block
+========  =========================================================================================
+hard      ``W[argmax aux]``: the real model (forward and gradient identical to ``model(x)``)
+bpda      straight-through / BPDA (A2): forward ``W[argmax aux]``, backward through
+          ``softmax(aux / T) @ W``
+soft      soft surrogate (A3): ``softmax(aux / T) @ W`` forward and backward
+fixed     ``W[t]`` for one class ``t`` (A4 branch enumeration; A5 true-label masks when the batch
+          holds only examples of class ``t``). A5 leaks the label: gradient source only, never
+          reported as a classifier.
+off       no mask at all: the RA-removed twin (A6 source, A7 ablation); its final logits are the
+          last block's aux head computed on unmasked features
+========  =========================================================================================
+
+``output`` selects what ``forward`` returns: ``final`` logits, ``aux<i>`` (aux head ``i`` as a
+standalone classifier, A1), ``poe`` (the product of experts ``sum_h log_softmax(head_h)`` over the
+final and every aux head, whose CE is ``sum_h CE(head_h)`` up to a normaliser: lets the reference
+APGD attack ``CE(a1)+CE(a2)+CE(f)``, A1), or use :meth:`RAView.heads` for every head at once.
+
+Exactness: for ``hard`` and ``bpda`` the final output is forced to equal ``model(x)`` in the forward
+pass (``out + (model(x) - out).detach()``) whenever the re-run differs, so a subclass that changes
+its head (e.g. the argmax-gated toy of the tests) is still judged and attacked on its real output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GATES = ("hard", "bpda", "soft", "fixed", "off")
+
+
+class RAView(nn.Module):
+    """Re-run an :class:`~ancra.models.ra.RANet` with a chosen gate (see module docstring).
+
+    Args:
+        model: the RA model (kept as a submodule; its parameters are shared, never copied).
+        gate: one of :data:`GATES`.
+        temperature: ``T`` of the soft gate (``bpda``/``soft``).
+        fixed_class: the class ``t`` of the ``fixed`` gate.
+        output: ``final``, ``aux<i>``, ``last_aux`` or ``poe``.
+    """
+
+    def __init__(self, model: nn.Module, gate: str = "hard", *, temperature: float = 1.0,
+                 fixed_class: int | None = None, output: str = "final") -> None:
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}: choose one of {GATES}")
+        if gate == "fixed" and fixed_class is None:
+            raise ValueError("gate='fixed' needs fixed_class")
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.model = model
+        self.gate = gate
+        self.temperature = float(temperature)
+        self.fixed_class = fixed_class
+        self.output = output
+        self._exact_checked = False
+        self._needs_exact = False
+        # A fresh module is in training mode, and attack_mode() restores a wrapper's mode on exit,
+        # which would cascade train() into the real model (batch-statistics BN): mirror its mode.
+        self.training = model.training
+
+    def extra_repr(self) -> str:
+        return f"gate={self.gate}, T={self.temperature}, fixed_class={self.fixed_class}, output={self.output}"
+
+    # ------------------------------------------------------------------------------------------
+    def _mask(self, aux: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Classifier-row mask (B, D) for one RA block from its aux logits."""
+        if self.gate == "hard":
+            return w[aux.argmax(1)]
+        if self.gate == "fixed":
+            return w[self.fixed_class].expand(aux.shape[0], -1)
+        soft = F.softmax(aux / self.temperature, dim=1) @ w
+        if self.gate == "soft":
+            return soft
+        # bpda: value of the hard mask, gradient of the soft one
+        return w[aux.argmax(1)] + (soft - soft.detach())
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final logits and the list of aux logits (one per RA block) under this view's gate.
+
+        Mirrors :meth:`RANet.forward_with_aux` step by step (same modules, same order)."""
+        m = self.model
+        h = m.stem(x)
+        blocks = list(m.final_stage)
+        n_plain = len(blocks) - m.ra_blocks
+        for block in blocks[:n_plain]:
+            h = block(h)
+        fc = m.classifier
+        w = fc.weight
+        if m.ra_blocks == 0:
+            return fc(m.pool(m.post_activation(h))), []
+        aux_list: list[torch.Tensor] = []
+        for i, block in enumerate(blocks[n_plain:]):
+            z = m.post_activation(block(h))
+            pooled = m.pool(z)
+            aux = fc(pooled)
+            aux_list.append(aux)
+            mask = None if self.gate == "off" else self._mask(aux, w)
+            if i == m.ra_blocks - 1:
+                final = fc(pooled if mask is None else pooled * mask)
+                if self.gate in ("hard", "bpda"):
+                    final = self._exact(x, final)
+                return final, aux_list
+            h = z if mask is None else z * m._mask_map(mask, z)
+        raise AssertionError("unreachable")
+
+    def _exact(self, x: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        """Force the forward value to ``model(x)`` when the model's own forward differs."""
+        if not self._exact_checked or self._needs_exact:
+            with torch.no_grad():
+                real = self.model(x)
+            if not self._exact_checked:
+                self._exact_checked = True
+                self._needs_exact = not torch.allclose(real, final.detach(), rtol=1e-4, atol=1e-4)
+            if self._needs_exact:
+                return final + (real - final).detach()
+        return final
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        final, aux = self.heads(x)
+        out = self.output
+        if out == "final":
+            return final
+        if out == "poe":
+            return torch.stack([F.log_softmax(h, 1) for h in [final, *aux]]).sum(0)
+        if out == "last_aux":
+            return aux[-1]
+        if out.startswith("aux"):
+            return aux[int(out[3:])]
+        raise ValueError(f"unknown output {out!r}")
+
+
+def gates_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Hard gate classes ``(B, ra_blocks)`` chosen by each RA block of the real model on ``x``."""
+    with torch.no_grad():
+        _, aux = RAView(model, "hard").heads(x)
+    return torch.stack([a.argmax(1) for a in aux], 1)

@@ -1,0 +1,85 @@
+"""`ancra eval` end to end on a trained checkpoint: one process, torchrun shards, user errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ancra.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+N = 48
+
+
+def _eval_cmd(ckpt, out, *extra):
+    return ["-m", "ancra", "eval", str(ckpt), "--suite", "standard", "--quick", "--n-examples", str(N),
+            "--batch-size", "16", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalrun") / "run"
+    assert main(["train", "--quiet", "--config", str(CONFIGS / "smoke.toml"), "--out", str(out)]) == 0
+    return out / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def single(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval1") / "report"
+    r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r
+
+
+def test_report_fields_and_table(single):
+    out, r = single
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_examples"] == N and rep["eps"] == "1/10" and rep["dataset"] == "fmnist"
+    assert rep["checkpoint_hash"].startswith("sha256:") and rep["quick"] is True
+    accs = {k: v["acc"] for k, v in rep["attacks"].items()}
+    for name in ("clean", "fgsm", "pgd-20", "pgd-40", "cw-30", "autoattack"):
+        assert name in accs, accs
+        assert rep["worst_case_acc"] <= accs[name] <= rep["clean_acc"] + 1e-9
+    assert "worst case" in r.stdout and str(out / "report.md") in r.stdout
+    for f in ("report.md", "acc_vs_eps.png", "acc_vs_steps.png"):
+        assert (out / f).stat().st_size > 0
+
+
+def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, tmp_path):
+    out = tmp_path / "sharded"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        *_eval_cmd(checkpoint, out, "--device", "cpu")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
+    two = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    assert len(two["clean"]) == N
+    # deterministic attacks agree example by example
+    for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
+        assert torch.equal(one[key], two[key]), key
+    # random-start attacks draw their noise per shard: equal up to a few examples
+    rep1 = json.loads((single[0] / "report.json").read_text())
+    rep2 = json.loads((out / "report.json").read_text())
+    for name in ("pgd-20", "pgd-40", "cw-30", "autoattack"):
+        assert abs(rep1["attacks"][name]["acc"] - rep2["attacks"][name]["acc"]) <= 3 / N, name
+    assert (out / "shard-0" / "report.json").exists() and (out / "shard-1" / "report.json").exists()
+
+
+def test_eval_user_errors(tmp_path, checkpoint):
+    r = subprocess.run([sys.executable, "-m", "ancra", "eval", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
+    r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--eps", "3")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be in (0, 1], got 3.0"
+    # a CIFAR-shaped checkpoint against Fashion-MNIST data
+    from ancra.checkpoint import save_weights
+    from ancra.models import create_model
+
+    m = create_model("narrow_resnet", 10, 3, width=4, num_blocks=[1, 2])
+    save_weights(m, tmp_path / "rgb.pt", meta={"config": {"data": {"dataset": "fmnist"}, "objective": {"eps": 0.1}}})
+    r = subprocess.run([sys.executable, *_eval_cmd(tmp_path / "rgb.pt", tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "3-channel images but fmnist has 10 classes and 1 channels" in r.stderr

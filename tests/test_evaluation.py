@@ -1,0 +1,388 @@
+"""Robustness evaluation (EVALUATION.md): the suite must expose gradient masking, not echo it.
+
+Two models, built once per module on real Fashion-MNIST:
+
+* ``trained_small``: a narrow plain ResNet trained with CE; it must fall to ~0% under
+  the reference AutoAttack and raise no masking flag.
+* ``toy``: a deliberately gradient-masked, argmax-gated RA model. It has the same weights, with one
+  RA block, but its logits are ``scale * onehot(argmax aux)`` (the CAS-like rule taken to the
+  limit: the gate decides, and no gradient passes). Plain PGD must find it robust, the adaptive
+  suite must break it, and the sanity checks must flag it.
+
+Everything runs on the CPU in well under 4 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ancra.errors import UserError
+from ancra.evaluation import (
+    RAView,
+    a2_bpda,
+    a3_soft_surrogate,
+    a4_branch_enumeration,
+    a5_true_label_masks,
+    evaluate,
+    load_per_example,
+    merge_reports,
+    run_autoattack,
+)
+from ancra.evaluation.adaptive import AdaptiveConfig, judged_pgd, run_adaptive
+from ancra.evaluation.report import PER_EXAMPLE, eps_fraction
+from ancra.evaluation.sanity import sanity_flags
+from ancra.models import create_model
+from ancra.models.ra import RAOutput
+from ancra.models.resnet import ResNet
+
+EPS = 0.1
+N = 64
+REPORT_KEYS = {
+    "dataset", "threat_model", "eps", "architecture", "clean_acc", "attacks", "autoattack_acc", "worst_case_acc",
+    "n_examples", "flags", "seed", "checkpoint_hash", "software", "timings", "diagnostics", "sanity",
+}
+
+
+class ArgmaxGatedToy(ResNet):
+    """An RA net whose logits are ``scale * onehot(argmax(last aux head))``: the prediction is the
+    gate's and the output has no gradient at all (the extreme of the shattered-gradient pattern)."""
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__([1, 1, 2], [8, 16, 32], num_classes=10, in_channels=1, ra_blocks=1)
+        self.scale = scale
+
+    def forward_with_aux(self, x, labels=None):
+        out = super().forward_with_aux(x, labels)
+        j = out.aux_logits[-1].argmax(1) if labels is None else labels
+        return RAOutput(self.scale * F.one_hot(j, 10).float(), out.aux_logits, out.features)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads competing with other
+    processes make small convolutions 20-80x slower (measured); one thread is steady."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data(fmnist):
+    return fmnist[2][:N], fmnist[3][:N]
+
+
+@pytest.fixture(scope="module")
+def trained_small(_one_thread, fmnist):
+    """A narrow plain ResNet trained with CE for 300 steps of 64 on F-MNIST (about 80% clean)."""
+    x, y = fmnist[0][:9600], fmnist[1][:9600]
+    torch.manual_seed(0)
+    model = create_model("narrow_resnet", 10, 1, ra_blocks=0, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(300):
+        i = (step * 64) % 9600
+        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def toy(trained_small):
+    """Same weights as the plain model (identical state-dict keys): its aux head IS that model."""
+    m = ArgmaxGatedToy()
+    m.load_state_dict(trained_small.state_dict())
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def ra_trained(_one_thread, fmnist):
+    """A real RANet (2 RA blocks) trained naturally for 300 steps: CE on the final and aux heads with
+    label-driven masks (METHOD.md section 2). At inference its hard gate decides the class."""
+    x, y = fmnist[0][:9600], fmnist[1][:9600]
+    torch.manual_seed(0)
+    model = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for step in range(300):
+        i = (step * 64) % 9600
+        out = model.forward_with_aux(x[i:i + 64], y[i:i + 64])
+        loss = F.cross_entropy(out.logits, y[i:i + 64]) + sum(F.cross_entropy(a, y[i:i + 64]) for a in out.aux_logits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def std_report(trained_small, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_std")
+    x, y = data
+    report = evaluate(trained_small, x, y, suite="standard", eps=EPS, out_dir=out, batch_size=N, seed=0,
+                      progress=False, meta={"checkpoint_hash": "abc123"})
+    return report, out
+
+
+@pytest.fixture(scope="module")
+def toy_report(toy, trained_small, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_toy")
+    x, y = data
+    report = evaluate(toy, x, y, suite="full", eps=EPS, out_dir=out, batch_size=N, seed=0, quick=True,
+                      transfer_model=trained_small, progress=False)
+    return report, out
+
+
+# ------------------------------------------------------------------------------------------------
+# the two acceptance properties of EVALUATION.md section 3
+# ------------------------------------------------------------------------------------------------
+def test_standard_trained_model_falls_to_zero_under_reference_autoattack(std_report):
+    r, _ = std_report
+    assert r["clean_acc"] > 0.6
+    assert r["autoattack_acc"] <= 0.05
+    assert r["autoattack"]["version"] == "standard"
+    assert r["autoattack"]["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert r["worst_case_acc"] <= 0.05
+    # a healthy model: no masking flag from the sanity checks
+    codes = {f.split(":")[0] for f in r["flags"]}
+    masking = {"eps_plateau", "unbounded_below_100", "fgsm_stronger_than_pgd", "pgd_above_clean", "zero_gradients",
+               "aa_zero_gradients", "square_beats_whitebox"}
+    assert not codes & masking, r["flags"]
+    s = r["sanity"]
+    assert s["unbounded_success"]["pgd"] == 1.0
+    assert list(s["acc_vs_eps"]["pgd"].values())[-1] <= 0.02
+    assert r["attacks"]["fgsm"]["acc"] >= r["attacks"]["pgd-20"]["acc"]
+
+
+def test_masked_toy_looks_robust_to_pgd_and_the_adaptive_suite_breaks_it(toy_report):
+    r, _ = toy_report
+    a = r["attacks"]
+    assert r["clean_acc"] > 0.6
+    # the standard attacks are fooled by the zero gradient ...
+    assert a["fgsm"]["acc"] == pytest.approx(r["clean_acc"])
+    assert a["pgd-20"]["acc"] >= 0.5 and a["pgd-40"]["acc"] >= 0.5
+    # ... the adaptive suite is not
+    assert r["worst_case_acc"] <= 0.05
+    assert a["pgd-20"]["acc"] - r["worst_case_acc"] >= 0.4
+    assert r["autoattack_acc"] - r["worst_case_acc"] >= 0.3
+    # and the sanity checks say so
+    codes = {f.split(":")[0] for f in r["flags"]}
+    for code in ("no_gradient_path", "zero_gradients", "eps_plateau", "unbounded_below_100", "autoattack_overestimates"):
+        assert code in codes, (code, r["flags"])
+    assert r["sanity"]["unbounded_success"]["adaptive"] == 1.0
+    assert r["sanity"]["unbounded_success"]["pgd"] < 1.0
+    d = r["diagnostics"]
+    assert d["zero_grad_fraction"] == 1.0
+    assert d["final_vs_last_aux_agreement_clean"] == 1.0
+    assert d["gate_flip_rate_among_successes"] == 1.0  # every success flips the gate
+    # A7: RA off is the plain model, reported apart and not in the worst case
+    assert r["ablation"]["a7-ra-off-pgd-20"] <= 0.05
+    assert "a7-ra-off-pgd-20" not in r["worst_case_over"]
+    assert "autoattack" in r["worst_case_over"] and "a1-pgd-sum" in r["worst_case_over"]
+
+
+def test_real_ra_model_plain_pgd_overstates_and_the_suite_says_so(ra_trained, data, tmp_path):
+    """The RA mechanism itself (hard gate, W-row masks) inflates plain PGD: the adaptive suite and
+    AutoAttack find the truth and the sanity checks flag the PGD curve."""
+    x, y = data
+    r = evaluate(ra_trained, x, y, suite="adaptive", eps=EPS, out_dir=tmp_path, batch_size=N, quick=True,
+                 progress=False)
+    a = r["attacks"]
+    assert r["is_ra_model"] and r["clean_acc"] > 0.6
+    assert r["worst_case_acc"] <= 0.1
+    assert a["pgd-20"]["acc"] - r["worst_case_acc"] >= 0.25
+    codes = {f.split(":")[0] for f in r["flags"]}
+    assert {"eps_plateau", "unbounded_below_100"} & codes, r["flags"]
+    assert r["diagnostics"]["final_vs_last_aux_agreement_clean"] >= 0.9  # the gate decides
+    assert set(r["ablation"]) == {"a7-ra-off-clean", "a7-ra-off-pgd-20"}
+    assert any(k.startswith("a5-") for k in r["worst_case_over"])
+
+
+@pytest.mark.parametrize("attack", [a2_bpda, a3_soft_surrogate, a4_branch_enumeration, a5_true_label_masks])
+def test_each_adaptive_family_alone_breaks_the_toy(toy, data, attack):
+    x, y = data[0][:32], data[1][:32]
+    results = attack(toy, x, y, eps=EPS, quick=True, batch_size=32)
+    clean_acc = (toy(x).argmax(1) == y).float().mean().item()
+    assert results[-1].acc <= 0.1 < clean_acc
+    for r in results:  # every success is judged on the real model and lies in the eps-ball
+        assert r.robust.dtype == torch.bool and r.robust.shape == (32,)
+        assert (r.x_adv - x).abs().max() <= EPS + 1e-6
+        assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+        fooled = ~r.correct  # the inputs this attack produced that fool the model
+        assert fooled.any() or r.info["attacked"] == 0
+        assert (toy(r.x_adv[fooled]).argmax(1) != y[fooled]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# report consistency
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["std_report", "toy_report"])
+def test_report_files_and_per_example_consistency(which, request):
+    r, out = request.getfixturevalue(which)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(on_disk)
+    assert on_disk["eps"] == "1/10" and on_disk["threat_model"] == "Linf" and on_disk["n_examples"] == N
+    assert on_disk["software"]["pyautoattack"] == "0.2.0" and on_disk["software"]["torch"]
+    for png in ("acc_vs_eps.png", "acc_vs_steps.png"):
+        assert (out / png).stat().st_size > 10_000
+    md = (out / "report.md").read_text()
+    assert "| attack |" in md and "worst case" in md
+    pe = load_per_example(out)["tensors"]
+    clean = pe["clean"]
+    worst = torch.stack([pe[f"robust/{k}"] for k in r["worst_case_over"]]).all(0)
+    assert worst.float().mean().item() == pytest.approx(r["worst_case_acc"])
+    for name, a in r["attacks"].items():
+        rob = pe[f"robust/{name}"]
+        assert rob.dtype == torch.bool and rob.shape == (N,)
+        if a["group"] == "ablation":  # A7 judges another classifier (RA off): not comparable
+            assert not a["in_worst_case"]
+            continue
+        assert not (rob & ~clean).any()  # never robust when misclassified clean
+        if a["in_worst_case"]:
+            assert not (worst & ~rob).any()  # worst case <= each attack, per example
+        assert a["acc"] <= r["clean_acc"] + 1e-9
+        assert a["seconds"] is not None
+    assert r["worst_case_acc"] <= r["autoattack_acc"] <= r["clean_acc"]
+
+
+def test_merge_of_shards_equals_the_single_run(toy_report, tmp_path):
+    r, out = toy_report
+    full = load_per_example(out)
+    shard_dirs = []
+    for i, sl in enumerate([slice(0, 24), slice(24, N)]):
+        d = tmp_path / f"shard{i}"
+        d.mkdir()
+        torch.save({"tensors": {k: v[sl] for k, v in full["tensors"].items()}, "attacks": full["attacks"],
+                    "context": full["context"]}, d / PER_EXAMPLE)
+        shard_dirs.append(d)
+    merged = merge_reports(shard_dirs, tmp_path / "merged")
+    assert merged["n_examples"] == N
+    for key in ("clean_acc", "autoattack_acc", "worst_case_acc"):
+        assert merged[key] == pytest.approx(r[key])
+    for name in r["attacks"]:
+        assert merged["attacks"][name]["acc"] == pytest.approx(r["attacks"][name]["acc"])
+    assert (tmp_path / "merged" / "acc_vs_eps.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# building blocks
+# ------------------------------------------------------------------------------------------------
+def test_raview_gates_reproduce_the_real_model_and_its_label_masks(data):
+    torch.manual_seed(0)
+    m = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=4).eval()
+    x = data[0][:8]
+    with torch.no_grad():
+        ref = m.forward_with_aux(x)
+        final, aux = RAView(m, "hard").heads(x)
+        assert torch.allclose(final, ref.logits) and all(torch.allclose(a, b) for a, b in zip(aux, ref.aux_logits))
+        assert torch.allclose(RAView(m, "bpda", temperature=0.5)(x), ref.logits)  # exact forward
+        assert torch.allclose(RAView(m, "hard", output="aux1")(x), ref.aux_logits[1])
+        t = torch.full((8,), 3)
+        assert torch.allclose(RAView(m, "fixed", fixed_class=3)(x), m.forward_with_aux(x, t).logits, atol=1e-5)
+        assert not torch.allclose(RAView(m, "soft", temperature=1.0)(x), ref.logits)
+    # BPDA: same value as the hard gate, a different (non-zero) gradient
+    grads = []
+    for gate in ("hard", "bpda"):
+        xg = x.clone().requires_grad_(True)
+        RAView(m, gate, temperature=0.5)(xg).logsumexp(1).sum().backward()
+        grads.append(xg.grad)
+    assert grads[1].abs().sum() > 0
+    assert (grads[0] - grads[1]).abs().sum() > 1e-3 * grads[1].abs().sum()
+    assert not m.training
+
+
+def test_adaptive_suite_runs_on_a_real_two_block_ra_model(data):
+    torch.manual_seed(0)
+    m = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=4).eval()
+    x, y = data[0][:8], data[1][:8]
+    cfg = AdaptiveConfig.make(EPS, True, batch_size=8, pgd_steps=2, apgd_iter=2, square_queries=5)
+    res = run_adaptive(m, x, y, alive=torch.ones(8, dtype=torch.bool), cfg=cfg)
+    names = [r.name for r in res]
+    for prefix in ("a1-pgd-sum", "a1-pgd-aux1", "a1-autoattack-aux0", "a2-bpda-T0.1", "a3-soft-T1",
+                   "a4-branch-enum", "a5-true-label-masks", "a6-transfer-ra-off-twin", "a6-square"):
+        assert prefix in names
+    prev = torch.ones(8, dtype=torch.bool)
+    for r in res:  # a cascade: the robust set only shrinks
+        assert r.robust.shape == (8,) and not (r.robust & ~prev).any()
+        prev = r.robust
+    assert not m.training
+
+
+def test_plain_model_adaptive_suite_reduces_to_transfer_and_square(trained_small, toy, data):
+    x, y = data[0][:16], data[1][:16]
+    cfg = AdaptiveConfig.make(EPS, True, batch_size=16, square_queries=20, pgd_steps=3, apgd_iter=3)
+    alive = trained_small(x).argmax(1) == y
+    assert [r.name for r in run_adaptive(trained_small, x, y, alive=alive, cfg=cfg)] == ["a6-square"]
+    res = run_adaptive(trained_small, x, y, alive=alive, cfg=cfg, transfer_model=toy)
+    assert [r.name for r in res] == ["a6-transfer-model", "a6-square"]
+
+
+def test_judged_pgd_keeps_only_inputs_that_fool_the_judge(trained_small, data):
+    x, y = data[0][:16], data[1][:16]
+    gen = torch.Generator().manual_seed(0)
+
+    def objective(xa, idx):
+        return F.cross_entropy(trained_small(xa), y[idx], reduction="none")
+
+    found, fooled = judged_pgd(objective, trained_small, x, y, eps=EPS, steps=10, generator=gen)
+    assert fooled.float().mean() > 0.8
+    with torch.no_grad():
+        assert (trained_small(found[fooled]).argmax(1) != y[fooled]).all()
+    assert torch.equal(found[~fooled], x[~fooled])
+    assert (found - x).abs().max() <= EPS + 1e-6
+
+
+def test_autoattack_resumes_from_its_state(trained_small, data, tmp_path):
+    x, y = data[0][:16], data[1][:16]
+    kw = dict(eps=EPS, quick=True, batch_size=16, out_dir=tmp_path, name="aa")
+    first = run_autoattack(trained_small, x, y, **kw)
+    assert first.info["resumed"] is None and first.info["version"] == "custom"
+    again = run_autoattack(trained_small, x, y, **kw)
+    assert again.info["resumed"] == "finished run reused" and torch.equal(again.robust, first.robust)
+    # an interrupted run: AutoAttack's own state says APGD-T has not run yet
+    (state,) = tmp_path.glob("aa_state_*.json")
+    for p in tmp_path.glob("aa_result_*.pt"):
+        p.unlink()
+    d = json.loads(state.read_text())
+    d["_run_attacks"] = ["apgd-ce"]
+    state.write_text(json.dumps(d))
+    resumed = run_autoattack(trained_small, x, y, **kw)
+    assert resumed.info["resumed"].startswith("interrupted") and torch.equal(resumed.robust, first.robust)
+
+
+def test_sanity_flags_on_synthetic_results():
+    n = 100
+    clean = torch.zeros(n, dtype=torch.bool)
+    clean[:80] = True
+    fg = torch.zeros(n, dtype=torch.bool)
+    fg[:10] = True  # FGSM 10% < PGD 40%: single step stronger than iterative
+    pg = torch.zeros(n, dtype=torch.bool)
+    pg[:40] = True
+    pg_raw = torch.ones(n, dtype=torch.bool)  # 100% correct on PGD inputs > 80% clean
+    pe = {"clean": clean, "robust/clean": clean, "correct/clean": clean, "robust/fgsm": fg, "correct/fgsm": fg,
+          "robust/pgd-20": pg, "correct/pgd-20": pg_raw, "curve/eps/pgd/0.1": pg, "curve/eps/pgd/0.5": pg,
+          "unbounded/pgd": pg_raw}
+    meta = {k: {"group": "standard", "kind": "whitebox", "in_worst_case": True, "info": {}}
+            for k in ("clean", "fgsm", "pgd-20")}
+    flags, _ = sanity_flags(pe, meta, dataset="fmnist", eps=0.1)
+    codes = {f.split(":")[0] for f in flags}
+    assert {"fgsm_stronger_than_pgd", "pgd_above_clean", "eps_plateau", "unbounded_below_100"} <= codes
+    healthy = dict(pe, **{"robust/fgsm": pg, "correct/pgd-20": pg, "curve/eps/pgd/0.5": torch.zeros(n, dtype=torch.bool),
+                          "unbounded/pgd": torch.zeros(n, dtype=torch.bool)})
+    assert sanity_flags(healthy, meta, dataset="fmnist", eps=0.1)[0] == []
+
+
+def test_eps_fraction_and_bad_inputs(trained_small, data, tmp_path):
+    assert eps_fraction(0.1) == "1/10" and eps_fraction(8 / 255) == "8/255" and eps_fraction(0.3) == "3/10"
+    x, y = data[0][:4], data[1][:4]
+    with pytest.raises(UserError, match="suite"):
+        evaluate(trained_small, x, y, suite="nope", eps=EPS, out_dir=tmp_path, progress=False)
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        evaluate(trained_small, x * 255, y, eps=EPS, out_dir=tmp_path, progress=False)
+    with pytest.raises(UserError, match="eps"):
+        evaluate(trained_small, x, y, eps=0.0, out_dir=tmp_path, progress=False)
