@@ -77,23 +77,6 @@ def data(fmnist):
 
 
 @pytest.fixture(scope="module")
-def trained_small(_one_thread, fmnist):
-    """A narrow plain ResNet trained with CE for 300 steps of 64 on F-MNIST (about 80% clean)."""
-    x, y = fmnist[0][:9600], fmnist[1][:9600]
-    torch.manual_seed(0)
-    model = create_model("narrow_resnet", 10, 1, ra_blocks=0, width=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for step in range(300):
-        i = (step * 64) % 9600
-        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def toy(trained_small):
     """Same weights as the plain model (identical state-dict keys): its aux head IS that model."""
     m = ArgmaxGatedToy()

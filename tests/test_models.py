@@ -42,7 +42,7 @@ def test_eval_output_independent_of_labels_and_mode_untouched():
     x = torch.rand(6, 1, 28, 28)
     for mode in (True, False):
         model.train(mode)
-        a = model(x)
+        model(x)
         assert model.training is mode  # forward never flips the mode
     model.eval()
     ref = model(x)

@@ -14,7 +14,6 @@ import torch
 
 from ancra.attacks import pgd
 from ancra.checkpoint import atomic_save, load_model, safe_load, save_weights
-from ancra.cli import main
 from ancra.config import load_config
 from ancra.errors import UserError
 from ancra.models import create_model

@@ -140,8 +140,9 @@ def _download(url: str, dest: Path) -> None:
         raise
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: PathLike, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (dataset checks, checkpoint hashes in reports)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -536,7 +537,7 @@ def load_cifar(root: PathLike | None = None, num_classes: int = 10, download: bo
                     "or pass --data-dir DIR holding it"
                 ) from None
         expected = CIFAR_ARCHIVE_MD5[layout.archive]
-        actual = _md5_file(archive)
+        actual = file_digest(archive)
         if actual != expected:
             raise UserError(
                 f"{archive} is corrupt or incomplete (md5 {actual}, expected {expected}); "

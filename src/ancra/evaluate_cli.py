@@ -7,15 +7,12 @@ into ``OUT`` (the same numbers as one process, see tests/test_eval_cli.py).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sys
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_model
-from .data import load_dataset
+from .data import file_digest, load_dataset
 from .distributed import barrier, init_distributed
 from .errors import UserError
 
@@ -42,14 +39,6 @@ def add_parser(sub) -> None:
                    help="reduced budgets (AutoAttack APGD-CE + APGD-T, fewer iterations and queries): demos and tests, "
                         "never headline numbers; recorded in the report")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(args) -> int:
@@ -83,7 +72,7 @@ def run(args) -> int:
     info, device = init_distributed(args.device)
     meta = {
         "checkpoint": str(args.checkpoint),
-        "checkpoint_hash": "sha256:" + _sha256(args.checkpoint),
+        "checkpoint_hash": "sha256:" + file_digest(args.checkpoint, "sha256"),
         "model_selection": {"best.pt": "best validation PGD accuracy (held-out training split)",
                             "last.pt": "last epoch"}.get(args.checkpoint.name, "as given"),
         "trained_epochs": model.checkpoint_meta.get("epoch", -1) + 1,
@@ -117,5 +106,5 @@ def print_summary(report: dict, out: Path) -> None:
     for name, acc in rows:
         print(f"  {name:<{width}}  {100 * acc:6.2f}%" if isinstance(acc, (int, float)) else f"  {name:<{width}}  {acc}")
     for flag in report.get("flags", []):
-        print(f"  flag: {flag}", file=sys.stdout)
+        print(f"  flag: {flag}")
     print(f"report: {out / 'report.md'}  ({out / 'report.json'})")

@@ -33,7 +33,7 @@ from .attacks import pgd
 from .checkpoint import atomic_save, safe_load, save_weights
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
-from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed, unwrap
+from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
 from .errors import UserError
 from .models import create_model
 from .objectives import training_step

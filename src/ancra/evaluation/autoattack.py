@@ -292,7 +292,7 @@ def run_autoattack(
             x_adv, records, seconds, resumed = saved["x_adv"], saved["log"], saved["seconds"], "finished run reused"
             cap_records = [logging.makeLogRecord(r) for r in records]
         else:
-            with Timer() as t, capture_autoattack_log(echo) as cap, _patched_state() as state_cls:
+            with Timer() as t, capture_autoattack_log(echo) as cap, _patched_state():
                 if state_path is not None and state_path.exists():
                     resumed = "interrupted run resumed from AutoAttack's state"
                 try:

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.ra import RANet
+
 GATES = ("hard", "bpda", "soft", "fixed", "off")
 
 
@@ -74,8 +76,10 @@ class RAView(nn.Module):
         return f"gate={self.gate}, T={self.temperature}, fixed_class={self.fixed_class}, output={self.output}"
 
     # ------------------------------------------------------------------------------------------
-    def _mask(self, aux: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Classifier-row mask (B, D) for one RA block from its aux logits."""
+    def _mask(self, aux: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+        """Classifier-row mask (B, D) for one RA block from its aux logits (None: no mask)."""
+        if self.gate == "off":
+            return None
         if self.gate == "hard":
             return w[aux.argmax(1)]
         if self.gate == "fixed":
@@ -89,31 +93,13 @@ class RAView(nn.Module):
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Final logits and the list of aux logits (one per RA block) under this view's gate.
 
-        Mirrors :meth:`RANet.forward_with_aux` step by step (same modules, same order)."""
-        m = self.model
-        h = m.stem(x)
-        blocks = list(m.final_stage)
-        n_plain = len(blocks) - m.ra_blocks
-        for block in blocks[:n_plain]:
-            h = block(h)
-        fc = m.classifier
-        w = fc.weight
-        if m.ra_blocks == 0:
-            return fc(m.pool(m.post_activation(h))), []
-        aux_list: list[torch.Tensor] = []
-        for i, block in enumerate(blocks[n_plain:]):
-            z = m.post_activation(block(h))
-            pooled = m.pool(z)
-            aux = fc(pooled)
-            aux_list.append(aux)
-            mask = None if self.gate == "off" else self._mask(aux, w)
-            if i == m.ra_blocks - 1:
-                final = fc(pooled if mask is None else pooled * mask)
-                if self.gate in ("hard", "bpda"):
-                    final = self._exact(x, final)
-                return final, aux_list
-            h = z if mask is None else z * m._mask_map(mask, z)
-        raise AssertionError("unreachable")
+        Runs :meth:`RANet.forward_with_aux` of the base class (not a subclass override) with this
+        view's gate as its ``mask_fn``."""
+        out = RANet.forward_with_aux(self.model, x, mask_fn=None if self.model.ra_blocks == 0 else self._mask)
+        final = out.logits
+        if self.model.ra_blocks and self.gate in ("hard", "bpda"):
+            final = self._exact(x, final)
+        return final, out.aux_logits
 
     def _exact(self, x: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         """Force the forward value to ``model(x)`` when the model's own forward differs."""

@@ -91,7 +91,13 @@ class RANet(nn.Module):
         m = w.view(b, c, p, p)
         return m.repeat_interleave(h // p, dim=2).repeat_interleave(wd // p, dim=3)
 
-    def forward_with_aux(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> RAOutput:
+    def forward_with_aux(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                         mask_fn=None) -> RAOutput:
+        """Training forward: final logits, aux logits of every RA block and the pooled feature.
+
+        ``labels`` drive the masks when given (training), else each block's own argmax.
+        ``mask_fn(aux, W) -> (B, D) rows or None`` replaces that gate; it exists for the adaptive
+        evaluation (BPDA, soft and fixed-class gates, RA removed: ``ancra.evaluation.wrappers``)."""
         h = self.stem(x)
         blocks = list(self.final_stage)
         n_plain = len(blocks) - self.ra_blocks
@@ -108,12 +114,15 @@ class RANet(nn.Module):
             pooled = self.pool(z)
             aux = fc(pooled)
             aux_logits.append(aux)
-            j = labels if labels is not None else aux.argmax(dim=1)
-            w = fc.weight[j]  # (B, D): the mask keeps its gradient path to fc.weight
+            if mask_fn is not None:
+                w = mask_fn(aux, fc.weight)
+            else:
+                # the mask keeps its gradient path to fc.weight (not detached)
+                w = fc.weight[labels if labels is not None else aux.argmax(dim=1)]  # (B, D)
             if i == self.ra_blocks - 1:
-                features = pooled * w  # == pool(z * mask) since pooling is linear
+                features = pooled if w is None else pooled * w  # == pool(z * mask): pooling is linear
                 return RAOutput(fc(features), aux_logits, features)
-            h = z * self._mask_map(w, z)
+            h = z if w is None else z * self._mask_map(w, z)
         raise AssertionError("unreachable")
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, *, with_aux: bool = False):
