@@ -110,5 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is in state.pt (resume with --resume DIR)", file=sys.stderr)
+        hint = {"train": ": continue with `ancra train --resume DIR` (from the last completed epoch)",
+                "eval": ": rerun the same command; AutoAttack continues from its state file"}.get(args.command, "")
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
