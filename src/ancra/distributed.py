@@ -77,11 +77,12 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
-        count = x.new_tensor([x.numel() // c])
+        xf = x.float()  # statistics in fp32 also under bf16 autocast
+        count = xf.new_tensor([x.numel() // c])
         with warnings.catch_warnings():
             # deprecated in favour of a functional collective that has no autograd support yet
             warnings.simplefilter("ignore", FutureWarning)
-            stats = dist_nn.all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+            stats = dist_nn.all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c:2 * c] / n - mean * mean
@@ -90,8 +91,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
             self.num_batches_tracked.add_(1)
-        out = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        return out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        out = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return (out * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
