@@ -101,10 +101,12 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    names = sorted(p.name for p in CONFIGS.glob("*.toml"))
+    paths = sorted(CONFIGS.rglob("*.toml"))
+    names = [str(p.relative_to(CONFIGS)) for p in paths]
     assert "cifar10-resnet18-ancra-trades.toml" in names and "fmnist-demo.toml" in names
-    for name in names:
-        cfg = load_config(CONFIGS / name)
+    assert "fmnist-study/ancra-trades.toml" in names and len(names) >= 24
+    for path in paths:
+        cfg = load_config(path)
         assert cfg.objective.eps > 0
 
 
