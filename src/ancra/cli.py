@@ -114,3 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                 "eval": ": rerun the same command; AutoAttack continues from its state file"}.get(args.command, "")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Leave a torchrun process group before exit: a gloo group still alive at interpreter
+    shutdown can abort a rank ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
