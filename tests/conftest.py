@@ -18,14 +18,21 @@ def fmnist():
 @pytest.fixture(scope="session")
 def trained_small(fmnist):
     """A narrow plain ResNet trained with CE for 300 steps on F-MNIST (about 80% clean)."""
+    return train_with_ce(fmnist, ra_blocks=0)
+
+
+def train_with_ce(fmnist, ra_blocks: int, steps: int = 300):
+    """A narrow ResNet (width 8) trained naturally for ``steps`` batches of 64 of the first 9600
+    F-MNIST training images: CE on the final head plus, with RA, on every aux head (label masks)."""
     x, y = fmnist[0][:9600], fmnist[1][:9600]
     torch.manual_seed(0)
-    model = create_model("narrow_resnet", 10, 1, ra_blocks=0, width=8)
+    model = create_model("narrow_resnet", 10, 1, ra_blocks=ra_blocks, width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
-    for step in range(300):
+    for step in range(steps):
         i = (step * 64) % 9600
-        loss = F.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+        out = model.forward_with_aux(x[i:i + 64], y[i:i + 64])
+        loss = F.cross_entropy(out.logits, y[i:i + 64]) + sum(F.cross_entropy(a, y[i:i + 64]) for a in out.aux_logits)
         opt.zero_grad()
         loss.backward()
         opt.step()

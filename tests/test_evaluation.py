@@ -38,6 +38,7 @@ from ancra.evaluation.sanity import sanity_flags
 from ancra.models import create_model
 from ancra.models.ra import RAOutput
 from ancra.models.resnet import ResNet
+from conftest import train_with_ce
 
 EPS = 0.1
 N = 64
@@ -88,19 +89,7 @@ def toy(trained_small):
 def ra_trained(_one_thread, fmnist):
     """A real RANet (2 RA blocks) trained naturally for 300 steps: CE on the final and aux heads with
     label-driven masks (METHOD.md section 2). At inference its hard gate decides the class."""
-    x, y = fmnist[0][:9600], fmnist[1][:9600]
-    torch.manual_seed(0)
-    model = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for step in range(300):
-        i = (step * 64) % 9600
-        out = model.forward_with_aux(x[i:i + 64], y[i:i + 64])
-        loss = F.cross_entropy(out.logits, y[i:i + 64]) + sum(F.cross_entropy(a, y[i:i + 64]) for a in out.aux_logits)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_with_ce(fmnist, ra_blocks=2)
 
 
 @pytest.fixture(scope="module")

@@ -70,11 +70,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729 + 12345) % (2**63)
 
 
-@torch.no_grad()
-def _predict(model, x, batch_size):
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
 def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Tensor:
     """Numbers of examples correct clean and under PGD-``steps`` (CE, uniform start, step eps/4),
     in eval mode, as a tensor ``[clean, pgd]`` (summable across ranks)."""
@@ -83,9 +78,10 @@ def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch
     counts = torch.zeros(2, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        counts[0] += (_predict(model, xb, batch_size) == yb).sum()
         x_adv = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, generator=g)
-        counts[1] += (_predict(model, x_adv, batch_size) == yb).sum()
+        with torch.no_grad():
+            counts[0] += (model(xb).argmax(1) == yb).sum()
+            counts[1] += (model(x_adv).argmax(1) == yb).sum()
     return counts
 
 
