@@ -1,9 +1,12 @@
-"""`ancra eval` end to end on a trained checkpoint: one process, torchrun shards, user errors."""
+"""`ancra eval` end to end on a trained checkpoint: one process, torchrun shards, resumable chunks, user errors."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,9 @@ def test_eval_user_errors(tmp_path, checkpoint):
     assert r.returncode == 2 and r.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
     r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--eps", "3")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be in (0, 1], got 3.0"
+    r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--chunk-size", "-1")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --chunk-size must be >= 0, got -1"
     # a CIFAR-shaped checkpoint against Fashion-MNIST data
     from ancra.checkpoint import save_weights
     from ancra.models import create_model
@@ -83,3 +89,34 @@ def test_eval_user_errors(tmp_path, checkpoint):
     save_weights(m, tmp_path / "rgb.pt", meta={"config": {"data": {"dataset": "fmnist"}, "objective": {"eps": 0.1}}})
     r = subprocess.run([sys.executable, *_eval_cmd(tmp_path / "rgb.pt", tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "3-channel images but fmnist has 10 classes and 1 channels" in r.stderr
+
+
+def test_chunked_eval_survives_sigkill_and_merges_to_the_single_result(checkpoint, single, tmp_path):
+    out = tmp_path / "chunked"
+    cmd = [sys.executable, *_eval_cmd(checkpoint, out, "--chunk-size", "16")]
+    first = out / "chunk-000000-000016" / "report.json"
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not first.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)  # a real kill while the second chunk runs
+    p.wait()
+    assert first.exists() and not (out / "report.json").exists()
+    stamp = first.stat().st_mtime_ns
+
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done, todo = map(int, re.search(r"(\d+) finished, (\d+) to evaluate", r.stdout).groups())
+    assert done >= 1 and todo >= 1 and done + todo == 3
+    assert first.stat().st_mtime_ns == stamp  # the finished chunk was reused, not redone
+    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
+    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):  # deterministic: equal per example
+        assert torch.equal(one[key], merged[key]), key
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_examples"] == N and "3 chunks of up to 16" in rep["subset"]
+
+    # a rerun with other settings must not mix its numbers into the finished chunks
+    r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different seed" in r.stderr, r.stderr
+    assert first.stat().st_mtime_ns == stamp

@@ -3,6 +3,12 @@
 Under torchrun the examples are split into contiguous shards, one per rank; each rank evaluates
 its shard (AutoAttack included) into ``OUT/shard-R`` and rank 0 merges the per-example results
 into ``OUT`` (the same numbers as one process, see tests/test_eval_cli.py).
+
+With ``--chunk-size K`` the examples are evaluated in chunks of K into ``OUT/chunk-A-B``, each a
+complete report kept once finished: a full-budget evaluation takes CPU-hours, so an interrupted
+command (or one rerun later with a larger ``--n-examples``) skips the finished chunks and the
+report merges whatever chunks cover the first N examples. Under torchrun the ranks share out
+the chunks.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def add_parser(sub) -> None:
                    help="reduced budgets (AutoAttack APGD-CE + APGD-T, fewer iterations and queries): demos and tests, "
                         "never headline numbers; recorded in the report")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    p.add_argument("--chunk-size", type=int, default=0, metavar="K",
+                   help="evaluate in chunks of K examples, each kept in OUT/chunk-A-B when finished: rerunning the "
+                        "command (also with a larger --n-examples) skips finished chunks; the report merges them")
 
 
 def run(args) -> int:
@@ -50,6 +59,8 @@ def run(args) -> int:
         raise UserError(f"--eps must be in (0, 1], got {args.eps}")
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
+    if args.chunk_size < 0:
+        raise UserError(f"--chunk-size must be >= 0, got {args.chunk_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
@@ -82,7 +93,14 @@ def run(args) -> int:
     subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
     common = dict(suite=args.suite, eps=eps, batch_size=args.batch_size, seed=args.seed, transfer_model=transfer,
                   device=device, dataset=dataset, quick=args.quick, meta=meta, subset=subset)
-    if not info.enabled:
+    if args.chunk_size:
+        # Everything that changes a chunk's numbers; a finished chunk is reused only if it matches.
+        meta["settings"] = {"checkpoint_hash": meta["checkpoint_hash"], "suite": args.suite, "eps": eps,
+                            "seed": args.seed, "quick": args.quick, "batch_size": args.batch_size,
+                            "transfer_hash": "sha256:" + file_digest(args.transfer_from, "sha256")
+                            if args.transfer_from else None}
+        report = _run_chunks(model, x, y, args.out, args.chunk_size, info, common, evaluate, merge_reports)
+    elif not info.enabled:
         report = evaluate(model, x, y, out_dir=args.out, progress=True, **common)
     else:
         bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
@@ -94,6 +112,46 @@ def run(args) -> int:
     if info.is_main:
         print_summary(report, args.out)
     return 0
+
+
+def _run_chunks(model, x, y, out: Path, size: int, info, common: dict, evaluate, merge_reports) -> dict | None:
+    """Evaluate ``x`` in chunks ``[a, a + size)`` into ``out/chunk-A-B``, skipping finished ones
+    (``report.json`` written last, so its presence means the chunk is complete), then merge."""
+    from .evaluation.report import load_per_example
+
+    n = len(x)
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    dirs = [out / f"chunk-{a:06d}-{b:06d}" for a, b in bounds]
+    settings = common["meta"]["settings"]
+    todo = []
+    for (a, b), d in zip(bounds, dirs):
+        if not (d / "report.json").is_file():
+            todo.append((a, b, d))
+            continue
+        try:
+            found = load_per_example(d)["context"]["meta"].get("settings")
+        except Exception as e:  # noqa: BLE001 - any unreadable chunk is a user-facing problem
+            raise UserError(f"{d} is not a readable evaluation chunk ({type(e).__name__}): delete it and rerun") from None
+        if found != settings:
+            diff = sorted(k for k in settings if (found or {}).get(k) != settings[k])
+            raise UserError(f"{d} was evaluated with other settings (different {', '.join(diff)}): rerun with the "
+                            f"same settings or use another --out")
+    done = len(bounds) - len(todo)
+    if info.is_main:
+        print(f"[eval] {len(bounds)} chunks of up to {size} examples: {done} finished, {len(todo)} to evaluate",
+              flush=True)
+    for i, (a, b, d) in enumerate(todo[info.rank::info.world_size]):
+        if info.is_main:
+            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(todo[info.rank::info.world_size])} of this process)",
+                  flush=True)
+        evaluate(model, x[a:b], y[a:b], out_dir=d, progress=info.is_main,
+                 **{**common, "subset": f"test examples {a}-{b - 1}"})
+    barrier(info)
+    report = None
+    if info.is_main:
+        report = merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
+    barrier(info)
+    return report
 
 
 def print_summary(report: dict, out: Path) -> None:

@@ -291,7 +291,7 @@ def load_per_example(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def merge_reports(shard_dirs, out_dir) -> dict:
+def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
     """Merge shard evaluations (disjoint example slices, same configuration) into one report.
 
     Per-example tensors are concatenated in the given order, timings are summed, flags coming
@@ -331,6 +331,6 @@ def merge_reports(shard_dirs, out_dir) -> dict:
         attacks[name] = m
     context = dict(shards[0]["context"])
     context["total_seconds"] = sum(s["context"].get("total_seconds") or 0 for s in shards)
-    context["subset"] = f"merged from {len(shards)} shards"
+    context["subset"] = subset or f"merged from {len(shards)} shards"
     context["shards"] = [str(d) for d in shard_dirs]
     return write_report(pe, attacks, context, out_dir)
