@@ -72,6 +72,21 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
     assert (out / "shard-0" / "report.json").exists() and (out / "shard-1" / "report.json").exists()
 
 
+def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
+    out = tmp_path / "chunks2"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        *_eval_cmd(checkpoint, out, "--device", "cpu", "--chunk-size", "16")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 chunks of up to 16 examples: 0 finished, 3 to evaluate" in r.stdout
+    assert "(2/2 of this process)" in r.stdout  # rank 0 took chunks 0 and 2, rank 1 chunk 1
+    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
+    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
+        assert torch.equal(one[key], merged[key]), key
+
+
 def test_eval_user_errors(tmp_path, checkpoint):
     r = subprocess.run([sys.executable, "-m", "ancra", "eval", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True)

@@ -99,7 +99,7 @@ def run(args) -> int:
                             "seed": args.seed, "quick": args.quick, "batch_size": args.batch_size,
                             "transfer_hash": "sha256:" + file_digest(args.transfer_from, "sha256")
                             if args.transfer_from else None}
-        report = _run_chunks(model, x, y, args.out, args.chunk_size, info, common, evaluate, merge_reports)
+        report = _run_chunks(model, x, y, args.out, args.chunk_size, info, common)
     elif not info.enabled:
         report = evaluate(model, x, y, out_dir=args.out, progress=True, **common)
     else:
@@ -114,9 +114,11 @@ def run(args) -> int:
     return 0
 
 
-def _run_chunks(model, x, y, out: Path, size: int, info, common: dict, evaluate, merge_reports) -> dict | None:
+def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict | None:
     """Evaluate ``x`` in chunks ``[a, a + size)`` into ``out/chunk-A-B``, skipping finished ones
-    (``report.json`` written last, so its presence means the chunk is complete), then merge."""
+    (``report.json`` is written after ``per_example.pt``, so its presence means the chunk is
+    complete), then merge all chunks on rank 0. Ranks take the unfinished chunks round-robin."""
+    from .evaluation import evaluate, merge_reports
     from .evaluation.report import load_per_example
 
     n = len(x)
@@ -140,10 +142,10 @@ def _run_chunks(model, x, y, out: Path, size: int, info, common: dict, evaluate,
     if info.is_main:
         print(f"[eval] {len(bounds)} chunks of up to {size} examples: {done} finished, {len(todo)} to evaluate",
               flush=True)
-    for i, (a, b, d) in enumerate(todo[info.rank::info.world_size]):
+    mine = todo[info.rank::info.world_size]
+    for i, (a, b, d) in enumerate(mine):
         if info.is_main:
-            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(todo[info.rank::info.world_size])} of this process)",
-                  flush=True)
+            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(mine)} of this process)", flush=True)
         evaluate(model, x[a:b], y[a:b], out_dir=d, progress=info.is_main,
                  **{**common, "subset": f"test examples {a}-{b - 1}"})
     barrier(info)
