@@ -1,33 +1,105 @@
-"""Print the Markdown table of docs/RESULTS.md from results/fmnist/NAME.json and NAME.metrics.jsonl.
+"""Print the Markdown tables of docs/RESULTS.md from the study's reports.
 
-    .venv/bin/python results/fmnist/table.py
+    .venv/bin/python results/fmnist/table.py            # full budgets: results/fmnist/NAME.json
+    .venv/bin/python results/fmnist/table.py --quick    # quick budgets: results/fmnist/quick/NAME.json
+
+Each prints the results table and the gains of ANCRA (and its ablations) over the base method,
+computed per example on the same images (``NAME.per_example.pt``), with the standard error of a
+paired difference. ``--compare`` prints quick against full budgets on the images both evaluated.
 """
 
+import argparse
 import json
+import math
 from pathlib import Path
+
+import torch
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["standard", "pgd-at", "trades", "mart", "ancra-pgd", "ancra-trades", "ancra-mart",
          "trades-anc-only", "trades-ra-only"]
+GAINS = [("ancra-pgd", "pgd-at"), ("ancra-trades", "trades"), ("ancra-mart", "mart"),
+         ("trades-anc-only", "trades"), ("trades-ra-only", "trades")]
 
 
 def pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def main() -> None:
+def load(folder: Path, name: str):
+    report = folder / f"{name}.json"
+    if not report.exists():
+        return None
+    pe = torch.load(folder / f"{name}.per_example.pt", map_location="cpu", weights_only=True)
+    return json.loads(report.read_text()), pe
+
+
+def robust(pe, which: str, n: int) -> torch.Tensor:
+    """Per-example robustness of the first ``n`` images: ``autoattack`` or ``worst`` (the
+    per-example minimum over the attacks the report's worst case covers)."""
+    t = pe["tensors"]
+    if which == "worst":
+        keys = [k for k, m in pe["attacks"].items() if m.get("in_worst_case")]
+        return torch.stack([t[f"robust/{k}"][:n] for k in keys]).all(0)
+    return t[f"robust/{which}"][:n]
+
+
+def paired(a: torch.Tensor, b: torch.Tensor) -> str:
+    """Accuracy difference a - b in points on the same examples, with its paired standard error."""
+    n = len(a)
+    d = a.float() - b.float()
+    se = math.sqrt(max(d.var(unbiased=True).item(), 0.0) / n) if n > 1 else float("nan")
+    return f"{100 * d.mean().item():+.1f} ± {100 * se:.1f}"
+
+
+def results_table(folder: Path) -> None:
+    runs = {name: r for name in ORDER if (r := load(folder, name)) is not None}
+    sizes = {r[0]["n_examples"] for r in runs.values()}
+    print(f"{', '.join(map(str, sorted(sizes)))} test images; quick budgets: "
+          f"{sorted({r[0].get('quick') for r in runs.values()})}\n")
     print("| model | clean | FGSM | PGD-20 | CW-inf | AutoAttack | adaptive worst case | flags | train min |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
-    for name in ORDER:
-        report = HERE / f"{name}.json"
-        if not report.exists():
-            continue
-        r = json.loads(report.read_text())
+    for name, (r, _) in runs.items():
         acc = {k: v["acc"] for k, v in r["attacks"].items()}
         minutes = sum(json.loads(line)["epoch_s"] for line in (HERE / f"{name}.metrics.jsonl").read_text().splitlines()) / 60
         flags = ", ".join(sorted({f.split(":")[0] for f in r["flags"]})) or "none"
         print(f"| {name} | {pct(r['clean_acc'])} | {pct(acc.get('fgsm'))} | {pct(acc.get('pgd-20'))} | "
               f"{pct(acc.get('cw-30'))} | {pct(r['autoattack_acc'])} | **{pct(r['worst_case_acc'])}** | {flags} | {minutes:.1f} |")
+    print("\n| gain (points, paired SE) | images | under AutoAttack | under the adaptive worst case |")
+    print("|---|---:|---:|---:|")
+    for new, base in GAINS:
+        if new in runs and base in runs:
+            n = min(runs[new][0]["n_examples"], runs[base][0]["n_examples"])
+            pn, pb = runs[new][1], runs[base][1]
+            print(f"| {new} - {base} | {n} | {paired(robust(pn, 'autoattack', n), robust(pb, 'autoattack', n))} | "
+                  f"{paired(robust(pn, 'worst', n), robust(pb, 'worst', n))} |")
+
+
+def compare_table() -> None:
+    print("| model | images | AutoAttack quick | AutoAttack full | full - quick | worst case quick | worst case full | full - quick |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ORDER:
+        full, quick = load(HERE, name), load(HERE / "quick", name)
+        if full is None or quick is None:
+            continue
+        n = min(full[0]["n_examples"], quick[0]["n_examples"])
+        cells = []
+        for which in ("autoattack", "worst"):
+            q, f = robust(quick[1], which, n), robust(full[1], which, n)
+            cells += [pct(q.float().mean().item()), pct(f.float().mean().item()), paired(f, q)]
+        print(f"| {name} | {n} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="the quick-budget reports (results/fmnist/quick/)")
+    g.add_argument("--compare", action="store_true", help="quick against full budgets on the same images")
+    args = p.parse_args()
+    if args.compare:
+        compare_table()
+    else:
+        results_table(HERE / "quick" if args.quick else HERE)
 
 
 if __name__ == "__main__":
