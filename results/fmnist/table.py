@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ancra.evaluation.common import worst_case
+
 HERE = Path(__file__).resolve().parent
 ORDER = ["standard", "pgd-at", "trades", "mart", "ancra-pgd", "ancra-trades", "ancra-mart",
          "trades-anc-only", "trades-ra-only"]
@@ -38,10 +40,7 @@ def robust(pe, which: str, n: int) -> torch.Tensor:
     """Per-example robustness of the first ``n`` images: ``autoattack`` or ``worst`` (the
     per-example minimum over the attacks the report's worst case covers)."""
     t = pe["tensors"]
-    if which == "worst":
-        keys = [k for k, m in pe["attacks"].items() if m.get("in_worst_case")]
-        return torch.stack([t[f"robust/{k}"][:n] for k in keys]).all(0)
-    return t[f"robust/{which}"][:n]
+    return (worst_case(t, pe["attacks"]) if which == "worst" else t[f"robust/{which}"])[:n]
 
 
 def paired(a: torch.Tensor, b: torch.Tensor) -> str:

@@ -80,6 +80,13 @@ def acc(mask: torch.Tensor) -> float:
     return float(mask.float().mean().item())
 
 
+def worst_case(pe: dict[str, torch.Tensor], attacks: dict[str, dict]) -> torch.Tensor:
+    """Per-example robustness under every attack that counts in the worst case (``in_worst_case``
+    in its metadata): the minimum over them, or clean correctness when there is none."""
+    keys = [f"robust/{k}" for k, m in attacks.items() if m.get("in_worst_case")]
+    return torch.stack([pe[k] for k in keys]).all(0) if keys else pe["clean"]
+
+
 def tolerance(n: int) -> float:
     """Accuracy difference treated as noise by the sanity checks: 0.5 pt (EVALUATION.md section 3)
     or one example, whichever is larger (on a 64-example subset one example is 1.6 pt)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .common import acc
+from .common import acc, worst_case
 from .sanity import sanity_flags
 from .standard import CIFAR_LIKE
 
@@ -80,7 +80,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     eps = float(context["eps"])
     dataset = context.get("dataset", "fmnist")
     in_wc = [k for k, m in attacks.items() if m.get("in_worst_case")]
-    worst = torch.stack([pe[f"robust/{k}"] for k in in_wc]).all(0) if in_wc else pe["clean"]
+    worst = worst_case(pe, attacks)
     std = [k for k in in_wc if attacks[k].get("group") == "standard"]
     table = {}
     for k, m in attacks.items():

@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .common import acc, batches, generator, is_ra_model, predict, tolerance
+from .common import acc, batches, generator, is_ra_model, predict, tolerance, worst_case
 from .standard import CIFAR_LIKE, pgd_attack
 
 LARGE_EPS = {"fmnist": 0.5}
@@ -256,9 +256,8 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
                          f"(shattered gradients; gradient attacks cannot work there)")
     # AutoAttack vs adaptive worst case
     aa_acc = a("autoattack")
-    wc = [f"robust/{k}" for k, m in attacks.items() if m.get("in_worst_case")]
     if aa_acc is not None and any(attacks[k].get("group") == "adaptive" for k in attacks):
-        worst = torch.stack([pe[k] for k in wc]).all(0)
+        worst = worst_case(pe, attacks)
         if acc(worst) < aa_acc - tol:
             flags.append(f"autoattack_overestimates: adaptive attacks lower the accuracy from AutoAttack's "
                          f"{aa_acc:.1%} to {acc(worst):.1%} (AutoAttack alone is not a valid evaluation of this model)")
