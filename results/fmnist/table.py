@@ -5,7 +5,9 @@
 
 Each prints the results table and the gains of ANCRA (and its ablations) over the base method,
 computed per example on the same images (``NAME.per_example.pt``), with the standard error of a
-paired difference. ``--compare`` prints quick against full budgets on the images both evaluated.
+paired difference. ``--compare`` prints quick against full budgets on the images both evaluated;
+``--facts`` the other numbers the text of docs/RESULTS.md quotes (where the adaptive attacks beat
+AutoAttack, and which part of AutoAttack the longer budgets strengthen).
 """
 
 import argparse
@@ -89,14 +91,52 @@ def compare_table() -> None:
         print(f"| {name} | {n} | " + " | ".join(cells) + " |")
 
 
+def facts() -> None:
+    """Per RA model: how far the adaptive worst case is below AutoAttack and which attack broke
+    each example that survived AutoAttack (the first in cascade order, since each cascade attack
+    runs on the survivors of the ones before it); per model: the quick-to-full AutoAttack gap
+    split into APGD-T (quick: 3 targets, 20 iterations; full: 9 and 100) and Square (the examples
+    Square breaks after every white-box attack of the full AutoAttack)."""
+    for name in ORDER:
+        run = load(HERE, name)
+        if run is None or not run[0]["is_ra_model"]:
+            continue
+        r, pe = run
+        t, n = pe["tensors"], r["n_examples"]
+        fell = t["robust/autoattack"] & ~worst_case(t, pe["attacks"])
+        by = {}
+        for i in fell.nonzero().flatten().tolist():
+            first = next(k for k, m in pe["attacks"].items() if m.get("in_worst_case") and not t[f"robust/{k}"][i])
+            by[first] = by.get(first, 0) + 1
+        print(f"{name}: adaptive worst case {100 * (r['autoattack_acc'] - r['worst_case_acc']):.1f} points below "
+              f"AutoAttack on {n} images; {int(fell.sum())} examples survived AutoAttack and fell to: {by}")
+    print()
+    for name in ORDER:
+        full, quick = load(HERE, name), load(HERE / "quick", name)
+        if full is None or quick is None:
+            continue
+        n = full[0]["n_examples"]
+        step = dict(full[0]["attacks"]["autoattack"]["info"]["component_acc"])  # accuracy after each attack
+        for prev, k in [("apgd-ce", "apgd-t"), ("apgd-t", "fab-t"), ("fab-t", "square")]:
+            step.setdefault(k, step[prev])  # AutoAttack skips the attacks after none are left robust
+        quick_aa = robust(quick[1], "autoattack", n).float().mean().item()
+        parts = {"APGD-T": step["apgd-t"] - quick_aa, "FAB-T": step["fab-t"] - step["apgd-t"],
+                 "Square": step["square"] - step["fab-t"]}
+        print(f"{name}: full - quick AutoAttack on {n} images: "
+              + ", ".join(f"{k} {round(100 * v, 1) + 0.0:+.1f}" for k, v in parts.items()) + " points")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="the quick-budget reports (results/fmnist/quick/)")
     g.add_argument("--compare", action="store_true", help="quick against full budgets on the same images")
+    g.add_argument("--facts", action="store_true", help="the other numbers the text of docs/RESULTS.md quotes")
     args = p.parse_args()
     if args.compare:
         compare_table()
+    elif args.facts:
+        facts()
     else:
         results_table(HERE / "quick" if args.quick else HERE)
 
