@@ -7,7 +7,8 @@ Each prints the results table and the gains of ANCRA (and its ablations) over th
 computed per example on the same images (``NAME.per_example.pt``), with the standard error of a
 paired difference. ``--compare`` prints quick against full budgets on the images both evaluated;
 ``--facts`` the other numbers the text of docs/RESULTS.md quotes (where the adaptive attacks beat
-AutoAttack, and which part of AutoAttack the longer budgets strengthen).
+AutoAttack, which part of AutoAttack the longer budgets strengthen, and the clean accuracy
+ANCRA-TRADES gives up against each ablation).
 """
 
 import argparse
@@ -127,6 +128,15 @@ def facts() -> None:
                  "Square": step["square"] - step["fab-t"]}
         print(f"{name}: full - quick AutoAttack on {n} images: "
               + ", ".join(f"{k} {round(100 * v, 1) + 0.0:+.1f}" for k, v in parts.items()) + " points")
+    print()
+    for a, b in GAINS[-2:]:  # what each part of ANCRA-TRADES costs on clean images
+        runs = load(HERE, a), load(HERE, b)
+        if None in runs:
+            continue
+        n = min(r[0]["n_examples"] for r in runs)
+        ca, cb = (r[1]["tensors"]["clean"][:n] for r in runs)
+        print(f"clean {a} - {b} on {n} images: {pct(ca.float().mean().item())} vs "
+              f"{pct(cb.float().mean().item())}, {paired(ca, cb)} points")
 
 
 def main() -> None:
