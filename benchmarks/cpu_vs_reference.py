@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_like import reference_like_step  # noqa: E402
 
+from ancra.hardware import cpu_info  # noqa: E402
 from ancra.models import create_model  # noqa: E402
 from ancra.objectives import Objective, training_step  # noqa: E402
 from ancra.precision import autocast_context  # noqa: E402
@@ -78,6 +79,7 @@ def main() -> None:
     ref = med["reference_like_fp32"]
     result = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "hardware": cpu_info(),
         "torch": torch.__version__, "model": args.model, "batch": args.batch, "steps": args.steps,
         "step_s": med, "images_per_s": {k: args.batch / v for k, v in med.items()},
         "speedup_vs_reference_like": {k: ref / v for k, v in med.items()}, "all_step_s": times,

@@ -181,13 +181,18 @@ def test_each_adaptive_family_alone_breaks_the_toy(toy, data, attack):
     results = attack(toy, x, y, eps=EPS, quick=True, batch_size=32)
     clean_acc = (toy(x).argmax(1) == y).float().mean().item()
     assert results[-1].acc <= 0.1 < clean_acc
+    survivors = toy(x).argmax(1) == y
     for r in results:  # every success is judged on the real model and lies in the eps-ball
         assert r.robust.dtype == torch.bool and r.robust.shape == (32,)
         assert (r.x_adv - x).abs().max() <= EPS + 1e-6
         assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+        # a cascade only attacks the survivors of the attacks before it; whether one of them
+        # still fools something depends on the CPU's rounding, so that is not asserted
         fooled = ~r.correct  # the inputs this attack produced that fool the model
-        assert fooled.any() or r.info["attacked"] == 0
+        assert not (fooled & ~survivors).any() and not (r.robust & ~survivors).any()
+        assert r.robust.sum() + fooled.sum() == survivors.sum()
         assert (toy(r.x_adv[fooled]).argmax(1) != y[fooled]).all()
+        survivors = r.robust
 
 
 # ------------------------------------------------------------------------------------------------

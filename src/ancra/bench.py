@@ -9,8 +9,8 @@ the same run (the faster of a large matmul and a large 3x3 convolution, in the s
 from __future__ import annotations
 
 import json
-import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from .attacks import pgd
 from .config import Config
 from .errors import UserError
+from .hardware import cpu_info, device_info, native_bf16, use_channels_last
 from .models import create_model
 from .objectives import training_step
 from .precision import autocast_context
@@ -45,20 +46,48 @@ def _rate(fn, flops_per_call: float, device: torch.device, seconds: float) -> fl
     return flops_per_call * reps / (time.perf_counter() - start)
 
 
+def _largest_quick(sizes, make_call, device: torch.device, call_s: float = 0.05):
+    """The first size, going up ``sizes``, whose single call takes over ``call_s`` (or the last):
+    large enough to reach the peak, small enough to finish where the dtype is emulated (a 2048^3
+    bf16 matmul takes minutes through ATen's reference gemm on a CPU without native bf16)."""
+    for size in sizes:
+        call = make_call(size)
+        call()
+        _sync(device)
+        start = time.perf_counter()
+        call()
+        _sync(device)
+        if time.perf_counter() - start > call_s:
+            break
+    return size, call
+
+
 def measure_peaks(device: torch.device, precision: str, seconds: float = 1.0) -> dict:
     """Practical peaks on ``device`` in the benchmark's dtype: a large square matmul and a large
     3x3 convolution (on CPUs oneDNN's convolutions outrun the BLAS matmul, so the matmul alone
-    would put a convolution network above "100%" of peak)."""
+    would put a convolution network above "100%" of peak). Sizes grow until one call is slow
+    enough to be timed well, so the measurement takes seconds whatever the dtype costs here."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    matmul = _rate(lambda: a @ b, 2 * n**3, device, seconds)
-    batch, ch, hw = (256, 256, 32) if device.type == "cuda" else (64, 256, 16)
-    x = torch.randn(batch, ch, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(ch, ch, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    conv = _rate(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * batch * ch * ch * 9 * hw * hw, device, seconds)
-    return {"matmul": matmul, "conv3x3": conv}
+    cuda = device.type == "cuda"
+
+    def matmul_of(n):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        return lambda: a @ b
+
+    n, call = _largest_quick((8192,) if cuda else (256, 512, 1024, 2048), matmul_of, device)
+    matmul = _rate(call, 2 * n**3, device, seconds)
+
+    ch, hw = (256, 32) if cuda else (256, 16)
+
+    def conv_of(batch):
+        x = torch.randn(batch, ch, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(ch, ch, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        return lambda: torch.nn.functional.conv2d(x, w, padding=1)
+
+    batch, call = _largest_quick((256,) if cuda else (4, 16, 64), conv_of, device)
+    conv = _rate(call, 2 * batch * ch * ch * 9 * hw * hw, device, seconds)
+    return {"matmul": matmul, "conv3x3": conv, "matmul_n": n, "conv_batch": batch}
 
 
 def count_flops(fn) -> int:
@@ -99,7 +128,12 @@ def run_bench(cfg: Config, *, batch: int, steps: int, device: str, precision: st
     net = create_model(cfg.model.name, classes, channels, **cfg.model.kwargs()).to(dev)
     x = torch.rand(batch, channels, size, size, device=dev)
     y = torch.arange(batch, device=dev) % classes
-    if cfg.train.channels_last:
+    # the layout and precision the trainer would use on this machine (ancra.hardware)
+    channels_last = use_channels_last(cfg.train.channels_last, net, dev)
+    if precision == "bf16" and dev.type == "cpu" and not native_bf16():
+        print(f"warning: bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}) is emulated: "
+              f"ancra train refuses it; this measures what it would cost", file=sys.stderr)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model = torch.compile(net) if compile else net
@@ -131,6 +165,7 @@ def run_bench(cfg: Config, *, batch: int, steps: int, device: str, precision: st
     step_s = statistics.median(times)
     flops = count_flops(step)
     peaks = measure_peaks(dev, precision)
+    peak_sizes = {k: peaks.pop(k) for k in ("matmul_n", "conv_batch")}
     peak = max(peaks.values())
     achieved = flops / step_s
     return {
@@ -138,12 +173,13 @@ def run_bench(cfg: Config, *, batch: int, steps: int, device: str, precision: st
         "config": {"model": cfg.model.name, "dataset": cfg.data.dataset, "method": obj.method, "zeta": obj.zeta,
                    "attack_steps": obj.steps, "ra_blocks": cfg.model.ra_blocks},
         "batch": batch, "steps": steps, "device": device,
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
+        "hardware": device_info(dev),
         "threads": torch.get_num_threads(), "precision": precision, "compile": compile,
-        "channels_last": cfg.train.channels_last,
+        "channels_last": channels_last,
         "step_s": step_s, "step_s_all": times, "images_per_s": batch / step_s,
         "flops_per_step": flops, "achieved_flops_per_s": achieved, "peak_flops_per_s": peak,
-        "peak_source": max(peaks, key=peaks.get), "peaks_flops_per_s": peaks,
+        "peak_source": max(peaks, key=peaks.get), "peaks_flops_per_s": peaks, "peak_sizes": peak_sizes,
         "fraction_of_peak": achieved / peak, "torch": torch.__version__,
     }
 

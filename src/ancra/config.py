@@ -29,10 +29,12 @@ from .negatives import STRATEGIES
 from .objectives import METHODS, Objective
 
 
-def _opt(default, *, choices=None, lo=None, hi=None, lo_open=False, help=""):
-    """A config field with validation metadata (``lo``/``hi`` inclusive unless ``lo_open``)."""
+def _opt(default, *, choices=None, lo=None, hi=None, lo_open=False, types=None, help=""):
+    """A config field with validation metadata (``lo``/``hi`` inclusive unless ``lo_open``;
+    ``types``: the accepted types when there are several, e.g. ``"auto"`` or a bool)."""
     kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(metadata={"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "help": help}, **kw)
+    return field(metadata={"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "types": types, "help": help},
+                 **kw)
 
 
 @dataclass
@@ -105,7 +107,9 @@ class TrainConfig:
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
     sync_bn: bool = _opt(False, help="multi-process runs: batch statistics over the global batch")
     precision: str = _opt("fp32", choices=("fp32", "bf16"), help="bf16: autocast for training steps (approximate)")
-    channels_last: bool = _opt(True, help="NHWC memory layout (exact; faster convolutions on CPU and GPU)")
+    channels_last: bool | str = _opt("auto", choices=("auto", True, False), types=(str, bool),
+                                     help="NHWC memory layout (exact; faster convolutions): \"auto\" = on CUDA, "
+                                          "and on a CPU where the model avoids oneDNN issue 6035 (ancra.hardware)")
     compile: bool = _opt(False, help="torch.compile the model (GPU; long first step)")
     val_pgd_steps: int = _opt(10, lo=1)
     val_batch_size: int = _opt(500, lo=1)
@@ -138,12 +142,16 @@ def _check_value(section: str, f, value: Any) -> Any:
         value = float(value)
     if expected is list and isinstance(value, tuple):
         value = list(value)
-    if type(value) is not expected:
+    if meta.get("types"):
+        if type(value) not in meta["types"]:
+            raise UserError(f"{key} must be {' or '.join(_TYPE_NAMES[t] for t in meta['types'])}, got {value!r}")
+    elif type(value) is not expected:
         raise UserError(f"{key} must be {_TYPE_NAMES[expected]}, got {value!r}")
     if expected is float and not math.isfinite(value):
         raise UserError(f"{key} must be a finite number, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
-        raise UserError(f"{key} = {value!r} is not valid: choose one of {', '.join(map(str, meta['choices']))}")
+        shown = (str(c).lower() if isinstance(c, bool) else str(c) for c in meta["choices"])
+        raise UserError(f"{key} = {value!r} is not valid: choose one of {', '.join(shown)}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
         raise UserError(f"{key} = {value!r} is out of range: must be {'>' if meta.get('lo_open') else '>='} {lo}")

@@ -3,8 +3,8 @@
 A run directory holds::
 
     config.json     the validated config of the run
-    metrics.jsonl   one JSON line per epoch (loss terms, accuracies, lr, seconds, images/s,
-                    validation clean and PGD accuracy)
+    metrics.jsonl   one JSON line per epoch (loss terms, accuracies, lr, seconds, images/s and
+                    the hardware they were measured on, validation clean and PGD accuracy)
     state.pt        everything needed to resume (weights, optimiser, epoch, best so far)
     last.pt         weights of the last epoch      } weights-only files with the model spec:
     best.pt         weights of the best epoch      } ``ancra.checkpoint.load_model(path)``
@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
 from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
 from .errors import UserError
+from .hardware import check_precision, device_info, use_channels_last
 from .models import create_model
 from .objectives import training_step
 from .precision import autocast_context
@@ -173,7 +175,12 @@ class Trainer:
         net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
         if t.sync_bn and self.dist.enabled:
             net = convert_sync_batchnorm(net, self.device)
-        net.to(self.device, memory_format=torch.channels_last if t.channels_last else torch.preserve_format)
+        check_precision(t.precision, self.device)
+        self.channels_last = use_channels_last(t.channels_last, net, self.device)
+        if self.progress and t.channels_last == "auto" and not self.channels_last:
+            print("train.channels_last = auto: NCHW layout, this model has strided 1x1 convolutions too narrow for "
+                  "channels_last on a CPU (oneDNN issue 6035, see docs/PERFORMANCE.md)", file=sys.stderr)
+        net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.net = net
         self.model = net
         if self.dist.enabled:
@@ -252,7 +259,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.loader):
             if step == n_steps:
                 break
-            if cfg.train.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(self.device, cfg.train.precision):
                 metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
@@ -272,6 +279,8 @@ class Trainer:
         record.update(zip(keys, means.tolist()))
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
+        # what the speed was measured on: a resumed run may continue on another machine
+        record["hardware"] = {**device_info(self.device), "channels_last": self.channels_last}
         counts = count_clean_and_pgd(self.net, self.val_x, self.val_y, eps=cfg.objective.eps,
                                      steps=cfg.train.val_pgd_steps, batch_size=cfg.train.val_batch_size,
                                      seed=epoch_seed(cfg.train.seed, epoch, self.dist.rank))

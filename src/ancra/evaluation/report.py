@@ -120,6 +120,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "flags": flags,
         "timings": {k: m.get("seconds") for k, m in attacks.items()} | {"total": context.get("total_seconds")},
         "software": context.get("software") or software_versions(),
+        "hardware": context.get("hardware"),
         "config": context.get("config"),
         "meta": context.get("meta"),
         "files": {"per_example": PER_EXAMPLE, "markdown": "report.md", "plots": ["acc_vs_eps.png", "acc_vs_steps.png"]},
@@ -181,7 +182,11 @@ def to_markdown(r: dict) -> str:
         lines += ["", "## Ablation A7 (RA off; not in the worst case)", ""]
         lines += [f"- {k}: {_pct(v)}%" for k, v in r["ablation"].items()]
     sw = r.get("software") or {}
-    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in sw.items()), ""]
+    lines += ["", "Software: " + ", ".join(f"{k} {v}" for k, v in sw.items())]
+    hw = r.get("hardware")
+    if hw:
+        lines += ["Hardware: " + ", ".join(f"{k} {v}" for k, v in hw.items())]
+    lines += [""]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..attacks import attack_mode
 from ..errors import UserError
+from ..hardware import device_info
 from . import autoattack as aam
 from .adaptive import AdaptiveConfig, a7_ra_off, a8_diagnostics, run_adaptive
 from .common import AttackResult, Progress, is_ra_model, with_grad_path
@@ -196,6 +197,7 @@ def evaluate(
         "meta": dict(meta or {}),
         "extra_flags": extra_flags,
         "software": software_versions(),
+        "hardware": device_info(device),
         "total_seconds": round(time.time() - t_start, 2),
         "config": {
             "batch_size": batch_size, "device": str(device), "pgd_step": step, "autoattack_version": autoattack_version,
