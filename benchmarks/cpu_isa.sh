@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU measurements of docs/PERFORMANCE.md on this machine's own ISA and with oneDNN/ATen capped
 # at AVX2 (what an AVX2-only CPU, e.g. a laptop or an older cloud VM, runs), in one call.
-#   bash benchmarks/cpu_isa.sh [OUT_DIR]      (after `make install`; about 15 minutes on 2 cores)
+#   bash benchmarks/cpu_isa.sh [OUT_DIR]      (after `make install`; about 30 minutes on 2 cores,
+# most of it the AVX2 bf16 steps: emulated bf16 is ~35x slower than fp32 there)
 # Writes OUT_DIR/bench.jsonl (one `ancra bench` JSON per line, each with its "hardware" record)
 # and OUT_DIR/reference-ISA.json (benchmarks/cpu_vs_reference.py), then prints a summary table.
 # Run it on an idle machine: a second busy process on the same cores distorts every number.
@@ -19,6 +20,7 @@ for isa in native avx2; do
   run --config $DEMO --batch 128 --steps 5 --set train.channels_last=false
   run --config $DEMO --batch 128 --steps 3 --precision bf16
   run --config $C10 --batch 16 --steps 3
+  run --config $C10 --batch 16 --steps 3 --set train.channels_last=false
   run --config $C10 --batch 16 --steps 3 --precision bf16
   echo "+ [$isa] cpu_vs_reference.py" >&2
   timeout 1200 "$PY" benchmarks/cpu_vs_reference.py --batch 16 --steps 3 --out "$OUT/reference-$isa.json" > /dev/null
