@@ -9,7 +9,7 @@ TORCH_CPU_URL ?= https://download.pytorch.org/whl/cpu
 FMNIST_DEB    := /usr/share/datasets/fashion-mnist
 DEMO_OUT      ?= runs/fmnist-demo
 
-.PHONY: install data demo test clean
+.PHONY: install data demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,13 @@ demo: install data
 	print(f\"  adaptive worst case  {100 * a['worst_case_acc']:6.2f}%   (first {a['n_examples']} test images)\")"
 	@echo "run: $(DEMO_OUT)  (metrics.jsonl, best.pt, eval-standard/report.md, eval-adaptive/report.md)"
 
-test: install data
+test: install data lint
 	$(BIN)/python -m pytest
+
+# ruff (pinned in the test extra): lint and the formatting check, configured in pyproject.toml
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs

@@ -78,11 +78,17 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ref = med["reference_like_fp32"]
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "hardware": cpu_info(),
-        "torch": torch.__version__, "model": args.model, "batch": args.batch, "steps": args.steps,
-        "step_s": med, "images_per_s": {k: args.batch / v for k, v in med.items()},
-        "speedup_vs_reference_like": {k: ref / v for k, v in med.items()}, "all_step_s": times,
+        "torch": torch.__version__,
+        "model": args.model,
+        "batch": args.batch,
+        "steps": args.steps,
+        "step_s": med,
+        "images_per_s": {k: args.batch / v for k, v in med.items()},
+        "speedup_vs_reference_like": {k: ref / v for k, v in med.items()},
+        "all_step_s": times,
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -31,8 +31,10 @@ def train_with_ce(fmnist, ra_blocks: int, steps: int = 300):
     model.train()
     for step in range(steps):
         i = (step * 64) % 9600
-        out = model.forward_with_aux(x[i:i + 64], y[i:i + 64])
-        loss = F.cross_entropy(out.logits, y[i:i + 64]) + sum(F.cross_entropy(a, y[i:i + 64]) for a in out.aux_logits)
+        out = model.forward_with_aux(x[i : i + 64], y[i : i + 64])
+        loss = F.cross_entropy(out.logits, y[i : i + 64]) + sum(
+            F.cross_entropy(a, y[i : i + 64]) for a in out.aux_logits
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -39,8 +39,11 @@ def relative_errors(name: str, in_channels: int, size: int, kw: dict, force: boo
     total = torch.cat([g.flatten() for g in reference.values()]).norm()
 
     def worst(got):
-        return max(float((got[n] - g).norm() / torch.maximum(g.norm(), 1e-4 * total))
-                   for n, g in reference.items() if g.dim() == 4)
+        return max(
+            float((got[n] - g).norm() / torch.maximum(g.norm(), 1e-4 * total))
+            for n, g in reference.items()
+            if g.dim() == 4
+        )
 
     fp32 = model.float()
     nchw = worst(grads(fp32, x.float()))

@@ -1,6 +1,5 @@
 """`ancra analyze`: distance formulas, statistics, negative sampling, report parsing, end to end."""
 
-import argparse
 import json
 import math
 
@@ -20,15 +19,13 @@ from ancra.analysis import (
     summarize_pairs,
 )
 from ancra.checkpoint import save_weights
+from ancra.cli import COMMANDS, build_parser, cmd_analyze
 from ancra.errors import UserError
 from ancra.models import create_model
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(prog="ancra")
-    sub = parser.add_subparsers(dest="command", required=True)
-    analysis.add_parser(sub)
-    return parser.parse_args(["analyze", *argv])
+    return build_parser().parse_args(["analyze", *argv])
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,24 +97,46 @@ def test_read_acc_vs_eps_formats(tmp_path):
         return p
 
     # the format `ancra eval` writes (ancra.evaluation.sanity): {attack: {eps as "%g" string: acc}}
-    r = read_acc_vs_eps(write("eval.json", {"dataset": "fmnist", "eps": "1/10", "eps_value": 0.1, "sanity": {
-        "acc_vs_eps": {"pgd": {"0": 0.8, "0.05": 0.6, "0.1": 0.4, "0.5": 0.0}, "adaptive": {"0": 0.8, "0.1": 0.3}}}}))
+    r = read_acc_vs_eps(
+        write(
+            "eval.json",
+            {
+                "dataset": "fmnist",
+                "eps": "1/10",
+                "eps_value": 0.1,
+                "sanity": {
+                    "acc_vs_eps": {
+                        "pgd": {"0": 0.8, "0.05": 0.6, "0.1": 0.4, "0.5": 0.0},
+                        "adaptive": {"0": 0.8, "0.1": 0.3},
+                    }
+                },
+            },
+        )
+    )
     assert set(r["curves"]) == {"pgd", "adaptive"} and r["eps_value"] == 0.1 and r["dataset"] == "fmnist"
-    assert r["curves"]["pgd"][0].tolist() == [0, 0.05, 0.1, 0.5] and r["curves"]["pgd"][1].tolist() == [0.8, 0.6, 0.4, 0]
-    r = read_acc_vs_eps(write("a.json", {"dataset": "fmnist", "acc_vs_eps": {"eps": [0.2, 0.0, 0.1], "acc": [0.1, 0.9, 0.5]}}))
+    assert r["curves"]["pgd"][0].tolist() == [0, 0.05, 0.1, 0.5] and r["curves"]["pgd"][1].tolist() == [
+        0.8,
+        0.6,
+        0.4,
+        0,
+    ]
+    r = read_acc_vs_eps(
+        write("a.json", {"dataset": "fmnist", "sanity": {"acc_vs_eps": {"acc": {"0.2": 0.1, "0": 0.9, "0.1": 0.5}}}})
+    )
     eps, acc = r["curves"]["acc"]
     assert eps.tolist() == [0.0, 0.1, 0.2] and acc.tolist() == [0.9, 0.5, 0.1]  # sorted by eps
-    r = read_acc_vs_eps(write("b.json", {"sanity": {"acc_vs_eps": [["0", 0.8], ["8/255", 0.4]]}}))
+    r = read_acc_vs_eps(write("b.json", {"sanity": {"acc_vs_eps": {"acc": {"0": 0.8, "8/255": 0.4}}}}))
     assert r["curves"]["acc"][0].tolist() == pytest.approx([0.0, 8 / 255])
-    r = read_acc_vs_eps(write("c.json", {"acc_vs_eps": {"pgd-20": {"eps": [0, 0.1], "acc": [80, 40]},
-                                                          "fgsm": [[0, 80], [0.1, 50]]}}))
+    r = read_acc_vs_eps(
+        write("c.json", {"sanity": {"acc_vs_eps": {"pgd-20": {"0": 0.8, "0.1": 0.4}, "fgsm": {"0": 0.8, "0.1": 0.5}}}})
+    )
     assert set(r["curves"]) == {"pgd-20", "fgsm"}
     with pytest.raises(UserError, match="no 'acc_vs_eps'"):
         read_acc_vs_eps(write("d.json", {"clean_acc": 0.9}))
     with pytest.raises(UserError, match="no 'acc_vs_eps'"):
         read_acc_vs_eps(write("f.json", {"sanity": {"acc_vs_eps": {}}}))
     with pytest.raises(UserError, match="no readable curve"):
-        read_acc_vs_eps(write("e.json", {"acc_vs_eps": {"eps": [0.1]}}))
+        read_acc_vs_eps(write("e.json", {"sanity": {"acc_vs_eps": {"pgd": {"0.1": None}}}}))
     with pytest.raises(UserError, match="does not exist"):
         read_acc_vs_eps(tmp_path / "missing.json")
 
@@ -138,8 +157,9 @@ def test_pairs_are_matched_to_their_anchors(fmnist):
     x, y = fmnist[2][:40], fmnist[3][:40]
     model = tiny_model(2, 0)
     neg_idx = sample_other_class(y, torch.Generator().manual_seed(0))
-    pf = extract_pair_features(model, x, y, neg_idx, eps=1e-7, steps=2, batch_size=16, seed=0,
-                               device=torch.device("cpu"))
+    pf = extract_pair_features(
+        model, x, y, neg_idx, eps=1e-7, steps=2, batch_size=16, seed=0, device=torch.device("cpu")
+    )
     assert pf.natural.shape == pf.adversarial.shape == pf.negative.shape == (40, 4 * 2)
     with torch.no_grad():
         ref = model.forward_with_aux(x)
@@ -172,21 +192,65 @@ def test_analyze_end_to_end(tmp_path, fmnist):
     save_weights(tiny_model(0, 1), plain_run / "last.pt", meta=meta)
     with open(ra_run / "metrics.jsonl", "w") as f:
         for e in range(4):
-            f.write(json.dumps({"epoch": e, "lr": 0.05, "loss": 2.0 - 0.3 * e, "base_loss": 1.8 - 0.3 * e,
-                                "anc_loss": 0.2 - 0.02 * e, "nat_acc": 0.5 + 0.1 * e, "adv_acc": 0.3 + 0.08 * e,
-                                "neg_acc": 0.2, "val_clean_acc": 0.55 + 0.09 * e, "val_pgd_acc": 0.35 + 0.07 * e,
-                                "epoch_s": 10.0, "images_per_s": 500.0}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": e,
+                        "lr": 0.05,
+                        "loss": 2.0 - 0.3 * e,
+                        "base_loss": 1.8 - 0.3 * e,
+                        "anc_loss": 0.2 - 0.02 * e,
+                        "nat_acc": 0.5 + 0.1 * e,
+                        "adv_acc": 0.3 + 0.08 * e,
+                        "neg_acc": 0.2,
+                        "val_clean_acc": 0.55 + 0.09 * e,
+                        "val_pgd_acc": 0.35 + 0.07 * e,
+                        "epoch_s": 10.0,
+                        "images_per_s": 500.0,
+                    }
+                )
+                + "\n"
+            )
     report = tmp_path / "eval" / "report.json"
     report.parent.mkdir()
-    report.write_text(json.dumps({"dataset": "fmnist", "eps": "1/10", "eps_value": 0.1, "clean_acc": 0.8, "sanity": {
-        "acc_vs_eps": {"pgd": {"0": 0.8, "0.05": 0.6, "0.1": 0.4, "0.2": 0.15, "0.3": 0.03, "0.5": 0.0},
-                       "adaptive": {"0": 0.8, "0.05": 0.5, "0.1": 0.3, "0.2": 0.05, "0.3": 0.0, "0.5": 0.0}}}}))
+    report.write_text(
+        json.dumps(
+            {
+                "dataset": "fmnist",
+                "eps": "1/10",
+                "eps_value": 0.1,
+                "clean_acc": 0.8,
+                "sanity": {
+                    "acc_vs_eps": {
+                        "pgd": {"0": 0.8, "0.05": 0.6, "0.1": 0.4, "0.2": 0.15, "0.3": 0.03, "0.5": 0.0},
+                        "adaptive": {"0": 0.8, "0.05": 0.5, "0.1": 0.3, "0.2": 0.05, "0.3": 0.0, "0.5": 0.0},
+                    }
+                },
+            }
+        )
+    )
     out = tmp_path / "analysis"
-    args = parse([str(ra_run / "best.pt"), "--compare", str(plain_run / "last.pt"), "--out", str(out),
-                  "--n-examples", "64", "--steps", "3", "--batch-size", "32", "--reports", str(report),
-                  "--embedding", "tsne"])
-    assert args.func is analysis.run
-    assert analysis.run(args) == 0
+    args = parse(
+        [
+            str(ra_run / "best.pt"),
+            "--compare",
+            str(plain_run / "last.pt"),
+            "--out",
+            str(out),
+            "--n-examples",
+            "64",
+            "--steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--reports",
+            str(report),
+            "--embedding",
+            "tsne",
+        ]
+    )
+    assert COMMANDS[args.command] is cmd_analyze
+    assert cmd_analyze(args) == 0
 
     for name in ("distances", "embedding", "training_curves", "acc_vs_eps"):
         _is_nontrivial_png(out / f"{name}.png")
@@ -230,6 +294,6 @@ def test_analyze_user_errors(tmp_path):
     ]
     for argv, match in cases:
         with pytest.raises(UserError, match=match):
-            analysis.run(parse(argv))
+            cmd_analyze(parse(argv))
     with pytest.raises(UserError, match="metrics.jsonl"):
         analysis.read_metrics(tmp_path)

@@ -53,7 +53,9 @@ def test_mixed_batch_equals_separate_attacks(trained_small, fmnist):
     x, y = fmnist[2][:16], fmnist[3][:16]
     t = (y + 3) % 10
     mask = torch.tensor([False] * 8 + [True] * 8)
-    both = pgd(trained_small, x, torch.where(mask, t, y), eps=EPS, step_size=0.02, steps=5, random_start="none", targeted=mask)
+    both = pgd(
+        trained_small, x, torch.where(mask, t, y), eps=EPS, step_size=0.02, steps=5, random_start="none", targeted=mask
+    )
     a = pgd(trained_small, x[:8], y[:8], eps=EPS, step_size=0.02, steps=5, random_start="none")
     b = pgd(trained_small, x[8:], t[8:], eps=EPS, step_size=0.02, steps=5, random_start="none", targeted=True)
     assert torch.allclose(both, torch.cat([a, b]), atol=1e-6)

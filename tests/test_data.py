@@ -16,6 +16,7 @@ import struct
 import tarfile
 import urllib.error
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +84,8 @@ def write_fmnist(directory: Path, arrays: dict[str, np.ndarray], gz: bool = True
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     """Pretend the Debian package is not installed (and keep the cache dir out of reach)."""
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(data, "default_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(data.fmnist, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(data.files, "default_cache_dir", lambda: tmp_path / "cache")
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -562,3 +563,24 @@ def test_loader_rejects_bad_config():
         DeviceLoader(images, labels, 8, world_size=2)
     with pytest.raises(UserError, match="augmentation"):
         DeviceLoader(images, labels, 2, augment="cutout")
+
+
+def test_registry_facts_match_what_the_loaders_return(tmp_path):
+    """The dataset registry is the one source of shapes and classes: it must agree with the data."""
+    from ancra.config import DataConfig
+    from ancra.data import DATASET_NAMES, dataset_info
+
+    fm = load_fashion_mnist(data.DEBIAN_FASHION_MNIST_DIR, download=False)
+    info = dataset_info("fmnist")
+    assert (info.channels, info.size, info.num_classes) == (fm.in_channels, fm.image_size, fm.num_classes)
+    assert len(info.class_names) == info.num_classes and not info.eps_in_255
+    make_cifar10(tmp_path, 4)
+    c10 = load_cifar(tmp_path, num_classes=10, download=False)
+    info = dataset_info("CIFAR10")  # case-insensitive, as load_dataset
+    assert (info.channels, info.size) == (c10.in_channels, c10.image_size) and info.num_classes == 10
+    assert info.eval_pgd_step(8 / 255) == 2 / 255 and dataset_info("fmnist").eval_pgd_step(0.1) == 0.1 / 4
+    assert dataset_info("cifar100").num_classes == 100 and dataset_info("tiny-imagenet").size == 64
+    assert DATASET_NAMES == ("fmnist", "cifar10", "cifar100", "tiny-imagenet")
+    assert [f.metadata["choices"] for f in fields(DataConfig) if f.name == "dataset"] == [DATASET_NAMES]
+    with pytest.raises(UserError, match="unknown dataset 'mnist'; valid names: fmnist, cifar10"):
+        dataset_info("mnist")

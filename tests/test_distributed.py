@@ -14,8 +14,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # no random start); SyncBatchNorm makes the batch statistics global. NCHW layout: the CPU's
 # channels_last kernels sum in a batch-size-dependent order, and PGD's sign() amplifies such
 # last-bit differences (measured: 1e-5 max weight difference in NCHW, 5e-4 in channels_last).
-EQUIV = ["objective.zeta=0.0", "objective.random_start=none", "train.sync_bn=true", "train.channels_last=false",
-         "train.epochs=2", "train.max_steps_per_epoch=3"]
+EQUIV = [
+    "objective.zeta=0.0",
+    "objective.random_start=none",
+    "train.sync_bn=true",
+    "train.channels_last=false",
+    "train.epochs=2",
+    "train.max_steps_per_epoch=3",
+]
 
 
 def _env():
@@ -25,7 +31,11 @@ def _env():
 
 
 def _train(out, nproc, extra=(), resume=False):
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    launch = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
     args = ["-m", "ancra", "train", "--quiet"]
     if resume:
         args += ["--resume", str(out)]

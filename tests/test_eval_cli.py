@@ -19,8 +19,22 @@ N = 48
 
 
 def _eval_cmd(ckpt, out, *extra):
-    return ["-m", "ancra", "eval", str(ckpt), "--suite", "standard", "--quick", "--n-examples", str(N),
-            "--batch-size", "16", "--out", str(out), *extra]
+    return [
+        "-m",
+        "ancra",
+        "eval",
+        str(ckpt),
+        "--suite",
+        "standard",
+        "--quick",
+        "--n-examples",
+        str(N),
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +69,20 @@ def test_report_fields_and_table(single):
 def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, tmp_path):
     out = tmp_path / "sharded"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        *_eval_cmd(checkpoint, out, "--device", "cpu")], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *_eval_cmd(checkpoint, out, "--device", "cpu"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
     two = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
@@ -75,9 +101,20 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
 def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
     out = tmp_path / "chunks2"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        *_eval_cmd(checkpoint, out, "--device", "cpu", "--chunk-size", "16")],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *_eval_cmd(checkpoint, out, "--device", "cpu", "--chunk-size", "16"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 chunks of up to 16 examples: 0 finished, 3 to evaluate" in r.stdout
     assert "(2/2 of this process)" in r.stdout  # rank 0 took chunks 0 and 2, rank 1 chunk 1
@@ -88,13 +125,19 @@ def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
 
 
 def test_eval_user_errors(tmp_path, checkpoint):
-    r = subprocess.run([sys.executable, "-m", "ancra", "eval", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ancra", "eval", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip() == f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"
-    r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--eps", "3")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--eps", "3")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: --eps must be in (0, 1], got 3.0"
-    r = subprocess.run([sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--chunk-size", "-1")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, *_eval_cmd(checkpoint, tmp_path / "o", "--chunk-size", "-1")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.strip() == "error: --chunk-size must be >= 0, got -1"
     # a CIFAR-shaped checkpoint against Fashion-MNIST data
     from ancra.checkpoint import save_weights
@@ -102,7 +145,9 @@ def test_eval_user_errors(tmp_path, checkpoint):
 
     m = create_model("narrow_resnet", 10, 3, width=4, num_blocks=[1, 2])
     save_weights(m, tmp_path / "rgb.pt", meta={"config": {"data": {"dataset": "fmnist"}, "objective": {"eps": 0.1}}})
-    r = subprocess.run([sys.executable, *_eval_cmd(tmp_path / "rgb.pt", tmp_path / "o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, *_eval_cmd(tmp_path / "rgb.pt", tmp_path / "o")], capture_output=True, text=True
+    )
     assert r.returncode == 2 and "3-channel images but fmnist has 10 classes and 1 channels" in r.stderr
 
 
@@ -135,3 +180,35 @@ def test_chunked_eval_survives_sigkill_and_merges_to_the_single_result(checkpoin
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different seed" in r.stderr, r.stderr
     assert first.stat().st_mtime_ns == stamp
+
+
+def test_eval_and_analyze_read_a_checkpoint_the_same_way(tmp_path, checkpoint):
+    """load_checkpoint gives the validated training config; eval and analyze take the dataset
+    and eps from it alike, and both refuse a file that records none."""
+    from ancra.checkpoint import load_checkpoint, save_weights
+    from ancra.config import load_config
+    from ancra.models import create_model
+
+    ckpt = load_checkpoint(checkpoint)
+    assert ckpt.config == load_config(CONFIGS / "smoke.toml")
+    assert (ckpt.dataset(), ckpt.eps(), ckpt.eps(0.05), ckpt.data_dir()) == ("fmnist", 0.1, 0.05, None)
+    bare = tmp_path / "bare.pt"
+    save_weights(create_model("narrow_resnet", 10, 1, width=4, num_blocks=[1, 2]), bare)
+    for cmd in (
+        ["eval", str(bare), "--out", str(tmp_path / "e")],
+        ["analyze", str(bare), "--out", str(tmp_path / "a")],
+    ):
+        r = subprocess.run([sys.executable, "-m", "ancra", *cmd], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # after progress lines
+        assert len(errors) == 1 and "records no" in errors[0]
+    assert not (tmp_path / "e").exists() and not (tmp_path / "a").exists()
+    # a recorded config that is not valid is named as such
+    save_weights(create_model("narrow_resnet", 10, 1, width=4), bare, meta={"config": {"objective": {"eps": 7}}})
+    r = subprocess.run(
+        [sys.executable, "-m", "ancra", "eval", str(bare), "--out", str(tmp_path / "e")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "recorded training config is invalid: objective.eps = 7.0" in r.stderr

@@ -1,4 +1,4 @@
-"""Robustness evaluation (EVALUATION.md): the suite must expose gradient masking, not echo it.
+"""Robustness evaluation (docs/EVALUATION.md): the suite must expose gradient masking, not echo it.
 
 Two models, built once per module on real Fashion-MNIST:
 
@@ -19,6 +19,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import train_with_ce
 
 from ancra.errors import UserError
 from ancra.evaluation import (
@@ -38,13 +39,26 @@ from ancra.evaluation.sanity import sanity_flags
 from ancra.models import create_model
 from ancra.models.ra import RAOutput
 from ancra.models.resnet import ResNet
-from conftest import train_with_ce
 
 EPS = 0.1
 N = 64
 REPORT_KEYS = {
-    "dataset", "threat_model", "eps", "architecture", "clean_acc", "attacks", "autoattack_acc", "worst_case_acc",
-    "n_examples", "flags", "seed", "checkpoint_hash", "software", "timings", "diagnostics", "sanity",
+    "dataset",
+    "threat_model",
+    "eps",
+    "architecture",
+    "clean_acc",
+    "attacks",
+    "autoattack_acc",
+    "worst_case_acc",
+    "n_examples",
+    "flags",
+    "seed",
+    "checkpoint_hash",
+    "software",
+    "timings",
+    "diagnostics",
+    "sanity",
 }
 
 
@@ -88,7 +102,7 @@ def toy(trained_small):
 @pytest.fixture(scope="module")
 def ra_trained(_one_thread, fmnist):
     """A real RANet (2 RA blocks) trained naturally for 300 steps: CE on the final and aux heads with
-    label-driven masks (METHOD.md section 2). At inference its hard gate decides the class."""
+    label-driven masks (docs/METHOD.md, "Reverse Attention"). At inference its hard gate decides the class."""
     return train_with_ce(fmnist, ra_blocks=2)
 
 
@@ -96,8 +110,18 @@ def ra_trained(_one_thread, fmnist):
 def std_report(trained_small, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_std")
     x, y = data
-    report = evaluate(trained_small, x, y, suite="standard", eps=EPS, out_dir=out, batch_size=N, seed=0,
-                      progress=False, meta={"checkpoint_hash": "abc123"})
+    report = evaluate(
+        trained_small,
+        x,
+        y,
+        suite="standard",
+        eps=EPS,
+        out_dir=out,
+        batch_size=N,
+        seed=0,
+        progress=False,
+        meta={"checkpoint_hash": "abc123"},
+    )
     return report, out
 
 
@@ -105,13 +129,24 @@ def std_report(trained_small, data, tmp_path_factory):
 def toy_report(toy, trained_small, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_toy")
     x, y = data
-    report = evaluate(toy, x, y, suite="full", eps=EPS, out_dir=out, batch_size=N, seed=0, quick=True,
-                      transfer_model=trained_small, progress=False)
+    report = evaluate(
+        toy,
+        x,
+        y,
+        suite="full",
+        eps=EPS,
+        out_dir=out,
+        batch_size=N,
+        seed=0,
+        quick=True,
+        transfer_model=trained_small,
+        progress=False,
+    )
     return report, out
 
 
 # ------------------------------------------------------------------------------------------------
-# the two acceptance properties of EVALUATION.md section 3
+# the two acceptance properties of docs/EVALUATION.md, "Sanity checks"
 # ------------------------------------------------------------------------------------------------
 def test_standard_trained_model_falls_to_zero_under_reference_autoattack(std_report):
     r, _ = std_report
@@ -122,8 +157,15 @@ def test_standard_trained_model_falls_to_zero_under_reference_autoattack(std_rep
     assert r["worst_case_acc"] <= 0.05
     # a healthy model: no masking flag from the sanity checks
     codes = {f.split(":")[0] for f in r["flags"]}
-    masking = {"eps_plateau", "unbounded_below_100", "fgsm_stronger_than_pgd", "pgd_above_clean", "zero_gradients",
-               "aa_zero_gradients", "square_beats_whitebox"}
+    masking = {
+        "eps_plateau",
+        "unbounded_below_100",
+        "fgsm_stronger_than_pgd",
+        "pgd_above_clean",
+        "zero_gradients",
+        "aa_zero_gradients",
+        "square_beats_whitebox",
+    }
     assert not codes & masking, r["flags"]
     s = r["sanity"]
     assert s["unbounded_success"]["pgd"] == 1.0
@@ -144,7 +186,13 @@ def test_masked_toy_looks_robust_to_pgd_and_the_adaptive_suite_breaks_it(toy_rep
     assert r["autoattack_acc"] - r["worst_case_acc"] >= 0.3
     # and the sanity checks say so
     codes = {f.split(":")[0] for f in r["flags"]}
-    for code in ("no_gradient_path", "zero_gradients", "eps_plateau", "unbounded_below_100", "autoattack_overestimates"):
+    for code in (
+        "no_gradient_path",
+        "zero_gradients",
+        "eps_plateau",
+        "unbounded_below_100",
+        "autoattack_overestimates",
+    ):
         assert code in codes, (code, r["flags"])
     assert r["sanity"]["unbounded_success"]["adaptive"] == 1.0
     assert r["sanity"]["unbounded_success"]["pgd"] < 1.0
@@ -162,8 +210,9 @@ def test_real_ra_model_plain_pgd_overstates_and_the_suite_says_so(ra_trained, da
     """The RA mechanism itself (hard gate, W-row masks) inflates plain PGD: the adaptive suite and
     AutoAttack find the truth and the sanity checks flag the PGD curve."""
     x, y = data
-    r = evaluate(ra_trained, x, y, suite="adaptive", eps=EPS, out_dir=tmp_path, batch_size=N, quick=True,
-                 progress=False)
+    r = evaluate(
+        ra_trained, x, y, suite="adaptive", eps=EPS, out_dir=tmp_path, batch_size=N, quick=True, progress=False
+    )
     a = r["attacks"]
     assert r["is_ra_model"] and r["clean_acc"] > 0.6
     assert r["worst_case_acc"] <= 0.1
@@ -234,8 +283,14 @@ def test_merge_of_shards_equals_the_single_run(toy_report, tmp_path):
     for i, sl in enumerate([slice(0, 24), slice(24, N)]):
         d = tmp_path / f"shard{i}"
         d.mkdir()
-        torch.save({"tensors": {k: v[sl] for k, v in full["tensors"].items()}, "attacks": full["attacks"],
-                    "context": full["context"]}, d / PER_EXAMPLE)
+        torch.save(
+            {
+                "tensors": {k: v[sl] for k, v in full["tensors"].items()},
+                "attacks": full["attacks"],
+                "context": full["context"],
+            },
+            d / PER_EXAMPLE,
+        )
         shard_dirs.append(d)
     merged = merge_reports(shard_dirs, tmp_path / "merged")
     assert merged["n_examples"] == N
@@ -280,8 +335,17 @@ def test_adaptive_suite_runs_on_a_real_two_block_ra_model(data):
     cfg = AdaptiveConfig.make(EPS, True, batch_size=8, pgd_steps=2, apgd_iter=2, square_queries=5)
     res = run_adaptive(m, x, y, alive=torch.ones(8, dtype=torch.bool), cfg=cfg)
     names = [r.name for r in res]
-    for prefix in ("a1-pgd-sum", "a1-pgd-aux1", "a1-autoattack-aux0", "a2-bpda-T0.1", "a3-soft-T1",
-                   "a4-branch-enum", "a5-true-label-masks", "a6-transfer-ra-off-twin", "a6-square"):
+    for prefix in (
+        "a1-pgd-sum",
+        "a1-pgd-aux1",
+        "a1-autoattack-aux0",
+        "a2-bpda-T0.1",
+        "a3-soft-T1",
+        "a4-branch-enum",
+        "a5-true-label-masks",
+        "a6-transfer-ra-off-twin",
+        "a6-square",
+    ):
         assert prefix in names
     prev = torch.ones(8, dtype=torch.bool)
     for r in res:  # a cascade: the robust set only shrinks
@@ -341,16 +405,34 @@ def test_sanity_flags_on_synthetic_results():
     pg = torch.zeros(n, dtype=torch.bool)
     pg[:40] = True
     pg_raw = torch.ones(n, dtype=torch.bool)  # 100% correct on PGD inputs > 80% clean
-    pe = {"clean": clean, "robust/clean": clean, "correct/clean": clean, "robust/fgsm": fg, "correct/fgsm": fg,
-          "robust/pgd-20": pg, "correct/pgd-20": pg_raw, "curve/eps/pgd/0.1": pg, "curve/eps/pgd/0.5": pg,
-          "unbounded/pgd": pg_raw}
-    meta = {k: {"group": "standard", "kind": "whitebox", "in_worst_case": True, "info": {}}
-            for k in ("clean", "fgsm", "pgd-20")}
+    pe = {
+        "clean": clean,
+        "robust/clean": clean,
+        "correct/clean": clean,
+        "robust/fgsm": fg,
+        "correct/fgsm": fg,
+        "robust/pgd-20": pg,
+        "correct/pgd-20": pg_raw,
+        "curve/eps/pgd/0.1": pg,
+        "curve/eps/pgd/0.5": pg,
+        "unbounded/pgd": pg_raw,
+    }
+    meta = {
+        k: {"group": "standard", "kind": "whitebox", "in_worst_case": True, "info": {}}
+        for k in ("clean", "fgsm", "pgd-20")
+    }
     flags, _ = sanity_flags(pe, meta, dataset="fmnist", eps=0.1)
     codes = {f.split(":")[0] for f in flags}
     assert {"fgsm_stronger_than_pgd", "pgd_above_clean", "eps_plateau", "unbounded_below_100"} <= codes
-    healthy = dict(pe, **{"robust/fgsm": pg, "correct/pgd-20": pg, "curve/eps/pgd/0.5": torch.zeros(n, dtype=torch.bool),
-                          "unbounded/pgd": torch.zeros(n, dtype=torch.bool)})
+    healthy = dict(
+        pe,
+        **{
+            "robust/fgsm": pg,
+            "correct/pgd-20": pg,
+            "curve/eps/pgd/0.5": torch.zeros(n, dtype=torch.bool),
+            "unbounded/pgd": torch.zeros(n, dtype=torch.bool),
+        },
+    )
     assert sanity_flags(healthy, meta, dataset="fmnist", eps=0.1)[0] == []
 
 

@@ -26,8 +26,13 @@ ISAS = {"native": {}, "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILIT
 
 # every registry architecture (CIFAR nets at 16x16 to keep float64 cheap: the same layers run),
 # and the narrow ResNet at the widths and input channels around the kernel's block of 8
-REGISTRY = ["resnet18:3:16:4", "resnet34:3:16:4", "preactresnet18:3:16:4:pool_size=2", "wrn28_10:3:16:4",
-            "wrn34_10:3:16:4"]
+REGISTRY = [
+    "resnet18:3:16:4",
+    "resnet34:3:16:4",
+    "preactresnet18:3:16:4:pool_size=2",
+    "wrn28_10:3:16:4",
+    "wrn34_10:3:16:4",
+]
 NARROW = [f"narrow_resnet:{c}:{s}:8:width={w}" for c, s in ((1, 28), (3, 32)) for w in (1, 2, 3, 4, 6, 7, 8, 16)]
 NARROW += ["narrow_resnet:1:28:8:width=4:ra_blocks=0", "narrow_resnet:3:32:8:width=64:ra_blocks=0"]
 TOLERANCE = 3e-2
@@ -38,9 +43,20 @@ def _env(isa: str) -> dict:
     return {**env, **ISAS[isa], "OMP_NUM_THREADS": "2"}
 
 
+def _python(isa: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a subprocess with this machine's ISA or oneDNN capped at AVX2."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(isa), timeout=timeout)
+
+
+def _train(isa: str, out: Path, *overrides: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    sets = [a for o in overrides for a in ("--set", o)]
+    return _python(
+        isa, "-m", "ancra", "train", "--quiet", "--config", str(SMOKE), *sets, "--out", str(out), timeout=timeout
+    )
+
+
 def _gradcheck(isa: str, specs: list[str], *extra: str, timeout: int = 240) -> dict:
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "layout_gradcheck.py"), *extra, *specs],
-                       capture_output=True, text=True, env=_env(isa), timeout=timeout)
+    r = _python(isa, str(ROOT / "tests" / "layout_gradcheck.py"), *extra, *specs, timeout=timeout)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -65,8 +81,7 @@ def test_forcing_channels_last_into_the_unsafe_case_is_one_clear_error(tmp_path)
     with pytest.raises(UserError, match="oneDNN issue 6035.*channels_last"):
         use_channels_last(True, net, CPU)
     assert use_channels_last(True, create_model("narrow_resnet", 10, 1, width=8), CPU) is True
-    r = subprocess.run([sys.executable, "-m", "ancra", "train", "--config", str(SMOKE), "--set", "train.channels_last=true",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=_env("native"), timeout=120)
+    r = _train("native", tmp_path / "run", "train.channels_last=true")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "train.channels_last" in r.stderr
     assert not (tmp_path / "run").exists()
@@ -91,20 +106,18 @@ def test_gradcheck_sees_the_broken_kernel_when_channels_last_is_forced():
     reaches the broken kernel, which (by machine and by run) hangs, crashes or returns wrong weight
     gradients. The check takes about a second when it runs through, so 30 s without an answer is
     the hang."""
+    spec = "narrow_resnet:1:28:8:width=4"
     try:
-        r = subprocess.run([sys.executable, str(ROOT / "tests" / "layout_gradcheck.py"), "--force-channels-last",
-                            "narrow_resnet:1:28:8:width=4"], capture_output=True, text=True, env=_env("avx2"),
-                           timeout=30)
+        r = _python("avx2", str(ROOT / "tests" / "layout_gradcheck.py"), "--force-channels-last", spec, timeout=30)
     except subprocess.TimeoutExpired:
         return  # the hang
     if r.returncode == 0:  # no crash this time: then the gradients must be visibly wrong
-        assert json.loads(r.stdout)["results"]["narrow_resnet:1:28:8:width=4"]["rel_err"] > TOLERANCE
+        assert json.loads(r.stdout)["results"][spec]["rel_err"] > TOLERANCE
 
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_smoke_training_finishes_on_each_isa(isa, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ancra", "train", "--quiet", "--config", str(SMOKE), "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True, env=_env(isa), timeout=180)
+    r = _train(isa, tmp_path / "run", timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(json.loads(line)["loss"] > 0 for line in lines)
@@ -117,14 +130,12 @@ def test_cpu_info_names_the_isa_and_the_bf16_flags():
     assert info["native_bf16"] is native_bf16()
     if info["native_bf16"]:
         assert info["avx512_bf16"] or info["amx"]
-    r = subprocess.run([sys.executable, "-c", "from ancra.hardware import cpu_info; import json; print(json.dumps(cpu_info()))"],
-                       capture_output=True, text=True, env=_env("avx2"), timeout=60)
+    r = _python("avx2", "-c", "from ancra.hardware import cpu_info; import json; print(json.dumps(cpu_info()))")
     capped = json.loads(r.stdout)
     assert capped["capability"] == "AVX2" and capped["onednn_max_cpu_isa"] == "AVX2" and capped["native_bf16"] is False
 
 
 def test_bf16_training_is_refused_where_it_would_be_emulated(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "ancra", "train", "--config", str(SMOKE), "--set", "train.precision=bf16",
-                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=_env("avx2"), timeout=120)
+    r = _train("avx2", tmp_path / "run", "train.precision=bf16")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "train.precision" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ancra.models import create_model
 from ancra.errors import UserError
+from ancra.models import create_model
 
 ARCHS = [
     ("resnet18", 3, 32, {}, 512),
@@ -116,7 +116,7 @@ class _RefBlock(nn.Module):
 
 
 class _ReferenceStyleResNet18RA(nn.Module):
-    """Independent re-statement of METHOD.md section 2: the reference flips label source by mode."""
+    """Independent re-statement of docs/METHOD.md, "Reverse Attention": the reference flips label source by mode."""
 
     def __init__(self, num_classes=10):
         super().__init__()

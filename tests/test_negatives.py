@@ -57,17 +57,32 @@ def test_easy_takes_candidates_predicted_as_neither():
         assert idx[0].item() in {2, 3, 4, 5}
     # make index 5 predicted 0: it is no longer easy for class-0 anchors
     logits2 = _logits([0, 0, 1, 1, 2, 0], [1] * 6)
-    seen = {select_negatives(LABELS, 1, "easy", logits2, epoch=5, warmup=0, generator=torch.Generator().manual_seed(s))[0].item() for s in range(40)}
+    seen = {
+        select_negatives(LABELS, 1, "easy", logits2, epoch=5, warmup=0, generator=torch.Generator().manual_seed(s))[
+            0
+        ].item()
+        for s in range(40)
+    }
     assert 5 not in seen and seen <= {2, 3, 4}
 
 
 def test_warmup_and_fallback_are_random():
     logits = _logits([0, 0, 1, 1, 2, 2], [1] * 6)
     # before warm-up the strategy is ignored: all other-class examples appear
-    seen = {select_negatives(LABELS, 1, "hard", logits, epoch=0, warmup=10, generator=torch.Generator().manual_seed(s))[0].item() for s in range(60)}
+    seen = {
+        select_negatives(LABELS, 1, "hard", logits, epoch=0, warmup=10, generator=torch.Generator().manual_seed(s))[
+            0
+        ].item()
+        for s in range(60)
+    }
     assert seen == {2, 3, 4, 5}
     # hard with no candidates (all predictions correct) falls back to random other-class examples
-    seen = {select_negatives(LABELS, 1, "hard", logits, epoch=20, warmup=10, generator=torch.Generator().manual_seed(s))[0].item() for s in range(60)}
+    seen = {
+        select_negatives(LABELS, 1, "hard", logits, epoch=20, warmup=10, generator=torch.Generator().manual_seed(s))[
+            0
+        ].item()
+        for s in range(60)
+    }
     assert seen == {2, 3, 4, 5}
 
 

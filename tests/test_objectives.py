@@ -22,7 +22,14 @@ def _count_forwards(model):
 
 @pytest.mark.parametrize(
     "method,zeta,expected_train_forwards",
-    [("trades", 3.0, 3), ("pgd_at", 3.0, 3), ("mart", 3.0, 3), ("trades", 0.0, 2), ("pgd_at", 0.0, 1), ("standard", 0.0, 1)],
+    [
+        ("trades", 3.0, 3),
+        ("pgd_at", 3.0, 3),
+        ("mart", 3.0, 3),
+        ("trades", 0.0, 2),
+        ("pgd_at", 0.0, 1),
+        ("standard", 0.0, 1),
+    ],
 )
 def test_forward_budget_attacks_in_one_batch_and_no_extra_forwards(method, zeta, expected_train_forwards):
     model, opt = _setup()

@@ -50,11 +50,15 @@ def _lines(path):
 def test_sigkill_mid_run_then_resume_gives_the_same_weights(uninterrupted, tmp_path, kill_when):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "ancra", "train", "--quiet", "--config", str(SMOKE), "--out", str(out)]
-    proc = subprocess.Popen(args + [a for s in LONG for a in ("--set", s)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        args + [a for s in LONG for a in ("--set", s)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     metrics = out / "metrics.jsonl"
-    ready = {"config": lambda: (out / "config.json").exists(),
-             "metrics>=1": lambda: _lines(metrics) >= 1,
-             "metrics>=3": lambda: _lines(metrics) >= 3}[kill_when]
+    ready = {
+        "config": lambda: (out / "config.json").exists(),
+        "metrics>=1": lambda: _lines(metrics) >= 1,
+        "metrics>=3": lambda: _lines(metrics) >= 3,
+    }[kill_when]
     deadline = time.time() + 120
     while time.time() < deadline and not ready():
         time.sleep(0.002)
@@ -98,7 +102,9 @@ def tiny_disk(tmp_path):
 def test_full_disk_is_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_disk):
     path = tiny_disk / "state.pt"
     atomic_save({"v": torch.ones(10)}, path)
-    with pytest.raises(UserError, match="disk full while writing .*state.pt: free some space; the previous state.pt is intact"):
+    with pytest.raises(
+        UserError, match="disk full while writing .*state.pt: free some space; the previous state.pt is intact"
+    ):
         atomic_save({"v": torch.ones(200_000)}, path)  # 800 kB on a 400 kB disk
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(10))
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["state.pt"]
@@ -121,7 +127,9 @@ def test_crafted_checkpoint_is_refused_and_its_code_never_runs(tmp_path):
     r = _cli("analyze", str(bad), "--out", str(tmp_path / "a"))
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert len(errors) == 1 and errors[0].startswith("error: refusing to load") and r.stderr.rstrip().endswith(errors[0])
+    assert (
+        len(errors) == 1 and errors[0].startswith("error: refusing to load") and r.stderr.rstrip().endswith(errors[0])
+    )
     assert not marker.exists()
     # a plain pickle file too
     bad2 = tmp_path / "evil.pkl"
@@ -149,7 +157,12 @@ def test_truncated_checkpoint_and_wrong_files_are_clear_errors(tmp_path):
 
 def test_checkpoint_whose_architecture_does_not_match_is_refused(tmp_path):
     model = create_model("narrow_resnet", 10, 1, width=4, num_blocks=[1, 2])
-    raw = {"format": "ancra-weights/1", "model": {**model.spec, "num_classes": 7}, "state_dict": model.state_dict(), "meta": {}}
+    raw = {
+        "format": "ancra-weights/1",
+        "model": {**model.spec, "num_classes": 7},
+        "state_dict": model.state_dict(),
+        "meta": {},
+    }
     torch.save(raw, tmp_path / "mismatch.pt")
     with pytest.raises(UserError, match="weights do not match the model"):
         load_model(tmp_path / "mismatch.pt")
@@ -177,13 +190,16 @@ def test_inputs_outside_unit_box_are_rejected():
         pgd(model, x, torch.tensor([0, 1]), eps=0.1, step_size=0.05, steps=1)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("objective.eps=0", "objective.eps = 0.0 is out of range: must be > 0"),
-    ("objective.steps=0", "objective.steps = 0 is out of range: must be >= 1"),
-    ("train.lr=0", "train.lr = 0.0 is out of range: must be > 0"),
-    ("model.name=resnet1000", "model.name = 'resnet1000' is not valid: choose one of"),
-    ("train.lr=nan", "train.lr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("objective.eps=0", "objective.eps = 0.0 is out of range: must be > 0"),
+        ("objective.steps=0", "objective.steps = 0 is out of range: must be >= 1"),
+        ("train.lr=0", "train.lr = 0.0 is out of range: must be > 0"),
+        ("model.name=resnet1000", "model.name = 'resnet1000' is not valid: choose one of"),
+        ("train.lr=nan", "train.lr must be a finite number"),
+    ],
+)
 def test_out_of_range_values_exit_2_with_one_line(tmp_path, override, message):
     r = _cli("train", "--config", str(SMOKE), "--set", override, "--out", str(tmp_path / "o"))
     assert r.returncode == 2

@@ -17,8 +17,17 @@ from ancra.evaluation.common import worst_case
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "fmnist"
-NAMES = ["standard", "pgd-at", "trades", "mart", "ancra-pgd", "ancra-trades", "ancra-mart",
-         "trades-anc-only", "trades-ra-only"]
+NAMES = [
+    "standard",
+    "pgd-at",
+    "trades",
+    "mart",
+    "ancra-pgd",
+    "ancra-trades",
+    "ancra-mart",
+    "trades-anc-only",
+    "trades-ra-only",
+]
 RA = {"ancra-pgd", "ancra-trades", "ancra-mart", "trades-ra-only"}
 N = 1000  # the issue asks for the same first 1000 or more test images
 
@@ -47,8 +56,9 @@ def test_report_belongs_to_its_checkpoint_and_adds_up(name):
 
 
 def _printed_tables(*args: str) -> list[str]:
-    out = subprocess.run([sys.executable, str(STUDY / "table.py"), *args], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(STUDY / "table.py"), *args], capture_output=True, text=True, check=True
+    ).stdout
     return [block.strip() for block in out.split("\n\n") if block.lstrip().startswith("|")]
 
 

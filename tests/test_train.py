@@ -1,9 +1,9 @@
 """Trainer and CLI on the real Fashion-MNIST: run files, checkpoints, exact resume, config errors."""
 
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +33,19 @@ def test_run_writes_metrics_and_loadable_checkpoints(smoke_run, fmnist):
     lines = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [0, 1]
     for r in lines:
-        for key in ("loss", "base_loss", "anc_loss", "nat_acc", "adv_acc", "neg_acc", "lr", "epoch_s",
-                    "images_per_s", "val_clean_acc", "val_pgd_acc"):
+        for key in (
+            "loss",
+            "base_loss",
+            "anc_loss",
+            "nat_acc",
+            "adv_acc",
+            "neg_acc",
+            "lr",
+            "epoch_s",
+            "images_per_s",
+            "val_clean_acc",
+            "val_pgd_acc",
+        ):
             assert key in r and r[key] == r[key]  # present and not NaN
         assert 0 <= r["val_pgd_acc"] <= 1 and r["images_per_s"] > 0
     assert lines[0]["lr"] == 0.05 and abs(lines[1]["lr"] - 0.005) < 1e-12  # milestone at epoch 1
@@ -92,9 +103,12 @@ def test_config_errors_name_the_key_and_the_valid_choices(override, message):
 
 def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[train]\nepochs = 0\n')
-    r = subprocess.run([sys.executable, "-m", "ancra", "train", "--config", str(bad), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
+    bad.write_text("[train]\nepochs = 0\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "ancra", "train", "--config", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: train.epochs = 0 is out of range: must be >= 1"]
     assert not (tmp_path / "o").exists()
@@ -112,6 +126,14 @@ def test_every_shipped_config_is_valid():
 
 def test_learning_rate_schedules():
     cfg = load_config(CONFIGS / "cifar10-resnet18-ancra-trades.toml")
-    assert [round(lr_at(cfg, e), 8) for e in (0, 74, 75, 89, 90, 100, 119)] == [0.01, 0.01, 0.001, 0.001, 0.0001, 0.00001, 0.00001]
+    assert [round(lr_at(cfg, e), 8) for e in (0, 74, 75, 89, 90, 100, 119)] == [
+        0.01,
+        0.01,
+        0.001,
+        0.001,
+        0.0001,
+        0.00001,
+        0.00001,
+    ]
     cos = load_config(CONFIGS / "fmnist-demo.toml", ["train.epochs=4"])
     assert lr_at(cos, 0) == cos.train.lr and abs(lr_at(cos, 2) - cos.train.lr / 2) < 1e-12

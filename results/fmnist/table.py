@@ -21,13 +21,28 @@ import torch
 from ancra.evaluation.common import worst_case
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["standard", "pgd-at", "trades", "mart", "ancra-pgd", "ancra-trades", "ancra-mart",
-         "trades-anc-only", "trades-ra-only"]
+ORDER = [
+    "standard",
+    "pgd-at",
+    "trades",
+    "mart",
+    "ancra-pgd",
+    "ancra-trades",
+    "ancra-mart",
+    "trades-anc-only",
+    "trades-ra-only",
+]
 # ANCRA over its base method; each ablation over TRADES; and what each part adds to the other
 # (ANCRA-TRADES = TRADES + RA + ANC).
-GAINS = [("ancra-pgd", "pgd-at"), ("ancra-trades", "trades"), ("ancra-mart", "mart"),
-         ("trades-anc-only", "trades"), ("trades-ra-only", "trades"),
-         ("ancra-trades", "trades-ra-only"), ("ancra-trades", "trades-anc-only")]
+GAINS = [
+    ("ancra-pgd", "pgd-at"),
+    ("ancra-trades", "trades"),
+    ("ancra-mart", "mart"),
+    ("trades-anc-only", "trades"),
+    ("trades-ra-only", "trades"),
+    ("ancra-trades", "trades-ra-only"),
+    ("ancra-trades", "trades-anc-only"),
+]
 
 
 def pct(v):
@@ -60,28 +75,40 @@ def paired(a: torch.Tensor, b: torch.Tensor) -> str:
 def results_table(folder: Path) -> None:
     runs = {name: r for name in ORDER if (r := load(folder, name)) is not None}
     sizes = {r[0]["n_examples"] for r in runs.values()}
-    print(f"{', '.join(map(str, sorted(sizes)))} test images; quick budgets: "
-          f"{sorted({r[0].get('quick') for r in runs.values()})}\n")
+    print(
+        f"{', '.join(map(str, sorted(sizes)))} test images; quick budgets: "
+        f"{sorted({r[0].get('quick') for r in runs.values()})}\n"
+    )
     print("| model | clean | FGSM | PGD-20 | CW-inf | AutoAttack | adaptive worst case | flags | train min |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for name, (r, _) in runs.items():
         acc = {k: v["acc"] for k, v in r["attacks"].items()}
-        minutes = sum(json.loads(line)["epoch_s"] for line in (HERE / f"{name}.metrics.jsonl").read_text().splitlines()) / 60
+        minutes = (
+            sum(json.loads(line)["epoch_s"] for line in (HERE / f"{name}.metrics.jsonl").read_text().splitlines()) / 60
+        )
         flags = ", ".join(sorted({f.split(":")[0] for f in r["flags"]})) or "none"
-        print(f"| {name} | {pct(r['clean_acc'])} | {pct(acc.get('fgsm'))} | {pct(acc.get('pgd-20'))} | "
-              f"{pct(acc.get('cw-30'))} | {pct(r['autoattack_acc'])} | **{pct(r['worst_case_acc'])}** | {flags} | {minutes:.1f} |")
+        print(
+            f"| {name} | {pct(r['clean_acc'])} | {pct(acc.get('fgsm'))} | {pct(acc.get('pgd-20'))} | "
+            f"{pct(acc.get('cw-30'))} | {pct(r['autoattack_acc'])} | **{pct(r['worst_case_acc'])}** | "
+            f"{flags} | {minutes:.1f} |"
+        )
     print("\n| gain (points, paired SE) | images | under AutoAttack | under the adaptive worst case |")
     print("|---|---:|---:|---:|")
     for new, base in GAINS:
         if new in runs and base in runs:
             n = min(runs[new][0]["n_examples"], runs[base][0]["n_examples"])
             pn, pb = runs[new][1], runs[base][1]
-            print(f"| {new} - {base} | {n} | {paired(robust(pn, 'autoattack', n), robust(pb, 'autoattack', n))} | "
-                  f"{paired(robust(pn, 'worst', n), robust(pb, 'worst', n))} |")
+            print(
+                f"| {new} - {base} | {n} | {paired(robust(pn, 'autoattack', n), robust(pb, 'autoattack', n))} | "
+                f"{paired(robust(pn, 'worst', n), robust(pb, 'worst', n))} |"
+            )
 
 
 def compare_table() -> None:
-    print("| model | images | AutoAttack quick | AutoAttack full | full - quick | worst case quick | worst case full | full - quick |")
+    print(
+        "| model | images | AutoAttack quick | AutoAttack full | full - quick | worst case quick | worst case full "
+        "| full - quick |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in ORDER:
         full, quick = load(HERE, name), load(HERE / "quick", name)
@@ -112,8 +139,10 @@ def facts() -> None:
         for i in fell.nonzero().flatten().tolist():
             first = next(k for k, m in pe["attacks"].items() if m.get("in_worst_case") and not t[f"robust/{k}"][i])
             by[first] = by.get(first, 0) + 1
-        print(f"{name}: adaptive worst case {100 * (r['autoattack_acc'] - r['worst_case_acc']):.1f} points below "
-              f"AutoAttack on {n} images; {int(fell.sum())} examples survived AutoAttack and fell to: {by}")
+        print(
+            f"{name}: adaptive worst case {100 * (r['autoattack_acc'] - r['worst_case_acc']):.1f} points below "
+            f"AutoAttack on {n} images; {int(fell.sum())} examples survived AutoAttack and fell to: {by}"
+        )
     print()
     for name in ORDER:
         full, quick = load(HERE, name), load(HERE / "quick", name)
@@ -124,10 +153,16 @@ def facts() -> None:
         for prev, k in [("apgd-ce", "apgd-t"), ("apgd-t", "fab-t"), ("fab-t", "square")]:
             step.setdefault(k, step[prev])  # AutoAttack skips the attacks after none are left robust
         quick_aa = robust(quick[1], "autoattack", n).float().mean().item()
-        parts = {"APGD-CE + APGD-T": step["apgd-t"] - quick_aa, "FAB-T": step["fab-t"] - step["apgd-t"],
-                 "Square": step["square"] - step["fab-t"]}
-        print(f"{name}: full - quick AutoAttack on {n} images: "
-              + ", ".join(f"{k} {round(100 * v, 1) + 0.0:+.1f}" for k, v in parts.items()) + " points")
+        parts = {
+            "APGD-CE + APGD-T": step["apgd-t"] - quick_aa,
+            "FAB-T": step["fab-t"] - step["apgd-t"],
+            "Square": step["square"] - step["fab-t"],
+        }
+        print(
+            f"{name}: full - quick AutoAttack on {n} images: "
+            + ", ".join(f"{k} {round(100 * v, 1) + 0.0:+.1f}" for k, v in parts.items())
+            + " points"
+        )
     print()
     for a, b in GAINS[-2:]:  # what each part of ANCRA-TRADES costs on clean images
         runs = load(HERE, a), load(HERE, b)
@@ -135,8 +170,10 @@ def facts() -> None:
             continue
         n = min(r[0]["n_examples"] for r in runs)
         ca, cb = (r[1]["tensors"]["clean"][:n] for r in runs)
-        print(f"clean {a} - {b} on {n} images: {pct(ca.float().mean().item())} vs "
-              f"{pct(cb.float().mean().item())}, {paired(ca, cb)} points")
+        print(
+            f"clean {a} - {b} on {n} images: {pct(ca.float().mean().item())} vs "
+            f"{pct(cb.float().mean().item())}, {paired(ca, cb)} points"
+        )
 
 
 def main() -> None:

@@ -8,13 +8,12 @@ the untargeted attack on the anchors and the targeted attack on the ANC negative
 While attacking, the model is in eval mode with frozen parameters (no weight-gradient kernels); the
 caller's mode and ``requires_grad`` flags are restored afterwards. RA models are attacked through
 ``model(x)`` (predicted-label RA); with ``cr_beta > 0`` the loss also gets
-``cr_beta * mean_h loss(aux_h)`` over the RA auxiliary heads (METHOD.md section 4).
+``cr_beta * mean_h loss(aux_h)`` over the RA auxiliary heads (docs/METHOD.md, "Base objectives").
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torch import nn
 
 LOSSES = ("ce", "kl", "cw")
 STARTS = ("uniform", "normal", "none")
-#: standard deviation of the "small Gaussian" start of the training attack (METHOD.md section 4)
+#: standard deviation of the "small Gaussian" start of the training attack (docs/METHOD.md, "Base objectives")
 NORMAL_START_STD = 0.001
 
 
@@ -131,8 +130,10 @@ def pgd(
     x = x.detach()
     lo, hi = torch.aminmax(x)
     if lo < 0 or hi > 1:
-        raise ValueError(f"attack inputs must be images in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]: "
-                         "pass unnormalised images (models normalise internally, if at all)")
+        raise ValueError(
+            f"attack inputs must be images in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]: "
+            "pass unnormalised images (models normalise internally, if at all)"
+        )
     if not torch.is_tensor(targeted):
         targeted = torch.full((x.shape[0],), bool(targeted), device=x.device)
     with_aux = cr_beta > 0
@@ -142,7 +143,7 @@ def pgd(
             with torch.no_grad():
                 ref = [F.softmax(h, 1) for h in _heads(model, x, with_aux)]
         best = None
-        for r in range(restarts):
+        for _ in range(restarts):
             x_adv = _random_start(x, eps, random_start, generator)
             for _ in range(steps):
                 x_adv.requires_grad_(True)
@@ -170,23 +171,3 @@ def pgd(
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, **kw) -> torch.Tensor:
     """FGSM: one signed step of size ``eps`` from the clean input, no random start."""
     return pgd(model, x, y, eps=eps, step_size=eps, steps=1, random_start="none", **kw)
-
-
-@dataclass
-class PGD:
-    """A PGD configuration as a callable object: ``PGD(eps=..., step_size=..., steps=...)(model, x, y)``."""
-
-    eps: float
-    step_size: float
-    steps: int
-    loss: str = "ce"
-    random_start: str = "uniform"
-    restarts: int = 1
-    cr_beta: float = 0.0
-
-    def __call__(self, model, x, y, targeted=False, generator=None) -> torch.Tensor:
-        return pgd(
-            model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps, loss=self.loss,
-            targeted=targeted, random_start=self.random_start, restarts=self.restarts,
-            cr_beta=self.cr_beta, generator=generator,
-        )

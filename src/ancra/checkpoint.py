@@ -6,7 +6,9 @@ A weights file (``last.pt``, ``best.pt``) is a plain dict of tensors and builtin
      "state_dict": {...}, "meta": {...}}
 
 so ``torch.load(path, weights_only=True)`` reads it and :func:`load_model` rebuilds the model from
-its spec. Files are never unpickled with code execution: a file that needs it is refused.
+its spec; :func:`load_checkpoint` also returns the training config the file records, validated, which
+is where ``ancra eval`` and ``ancra analyze`` both read the dataset and eps. Files are never
+unpickled with code execution: a file that needs it is refused.
 Writes go to a temporary file in the same folder, are fsynced, then renamed over the target, so a
 crash mid-write never destroys the previous checkpoint.
 """
@@ -17,7 +19,9 @@ import errno
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +29,9 @@ from torch import nn
 from .distributed import unwrap
 from .errors import UserError
 from .models import create_model
+
+if TYPE_CHECKING:
+    from .config import Config
 
 FORMAT = "ancra-weights/1"
 
@@ -54,7 +61,9 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         if _caused_by_full_disk(e):
-            raise UserError(f"disk full while writing {path}: free some space; the previous {path.name} is intact") from None
+            raise UserError(
+                f"disk full while writing {path}: free some space; the previous {path.name} is intact"
+            ) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -74,28 +83,91 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt?)") from None
+        raise UserError(
+            f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt?)"
+        ) from None
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
     """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec."""
     net = unwrap(model)
-    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": net.state_dict(),
-                 "meta": meta or {}}, path)
+    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": net.state_dict(), "meta": meta or {}}, path)
+
+
+@dataclass
+class Checkpoint:
+    """A weights file read back: the model (eval mode), its meta (epoch, validation accuracies)
+    and the training config it records (validated; ``None`` when it records none)."""
+
+    path: Path
+    model: nn.Module
+    meta: dict
+    config: Config | None
+    given: dict = field(default_factory=dict, repr=False)  # the recorded config's keys as written
+
+    def recorded(self, section: str, key: str):
+        """The validated value the file records for ``section.key``, or None if it records none
+        (a config's defaults are not a record of what the model was trained with)."""
+        if self.config is None or key not in (self.given.get(section) or {}):
+            return None
+        return getattr(getattr(self.config, section), key)
+
+    def dataset(self, override: str | None = None, flag: str | None = "--dataset") -> str:
+        name = override or self.recorded("data", "dataset")
+        if not name:
+            fix = f": pass {flag}" if flag else " (use a checkpoint written by `ancra train`)"
+            raise UserError(f"{self.path} records no data.dataset{fix}")
+        return name
+
+    def eps(self, override: float | None = None) -> float:
+        eps = override if override is not None else self.recorded("objective", "eps")
+        if eps is None:
+            from .data.registry import find_dataset
+
+            info = find_dataset(self.recorded("data", "dataset"))
+            usual = f" (the usual eps on {info.name} is {info.default_eps:.4g})" if info else ""
+            raise UserError(f"{self.path} records no objective.eps: pass --eps{usual}")
+        return float(eps)
+
+    def data_dir(self, override: str | os.PathLike | None = None) -> Path | None:
+        recorded = self.recorded("data", "data_dir")
+        return Path(override) if override else (Path(recorded) if recorded else None)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """:func:`load_model` plus the file's meta and validated training config."""
+    from .config import config_from_dict  # config imports the model registry, as this module does
+
+    model = load_model(path, map_location)
+    meta = model.checkpoint_meta if isinstance(model.checkpoint_meta, dict) else {}
+    raw = meta.get("config")
+    config = None
+    if raw is not None:
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: the recorded training config is not a table of sections")
+        try:
+            config = config_from_dict(raw)
+        except UserError as e:
+            raise UserError(f"{path}: its recorded training config is invalid: {e}") from None
+    return Checkpoint(Path(path), model, meta, config, raw or {})
 
 
 def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
     """Rebuild the model of a weights file, in eval mode, ready for evaluation."""
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise UserError(f"{path} is not an ancra weights file (expected format {FORMAT}; "
-                        "use last.pt or best.pt of an `ancra train` run)")
+        raise UserError(
+            f"{path} is not an ancra weights file (expected format {FORMAT}; "
+            "use last.pt or best.pt of an `ancra train` run)"
+        )
     spec = dict(ckpt["model"])
     model = create_model(spec.pop("name"), **spec)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise UserError(f"{path}: weights do not match the model {ckpt['model']}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(
+            f"{path}: weights do not match the model {ckpt['model']}: {str(e).splitlines()[0][:200]}"
+        ) from None
     model.eval()
     model.checkpoint_meta = ckpt.get("meta", {})
     return model

@@ -1,5 +1,9 @@
 """Command line: ``ancra train | eval | bench | analyze`` (also ``python -m ancra``).
 
+Every sub-command's arguments are declared here, and each one calls one library function:
+:class:`ancra.trainer.Trainer`, :func:`ancra.evaluation.evaluate_checkpoint`,
+:func:`ancra.bench.run_bench` and :func:`ancra.analysis.analyze`.
+
 User errors (bad config, missing or unsafe file, out-of-range value) print one line
 ``error: ...`` and exit with status 2, without a traceback.
 """
@@ -16,12 +20,21 @@ from .errors import UserError
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model from a config file (or resume a run)",
-                       description="Train with a config of configs/ and write the run to --out; "
-                                   "--resume DIR continues an interrupted run exactly.")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a config file (or resume a run)",
+        description="Train with a config of configs/ and write the run to --out; "
+        "--resume DIR continues an interrupted run exactly.",
+    )
     p.add_argument("--config", type=Path, help="TOML config, e.g. configs/fmnist-demo.toml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
     p.add_argument("--out", type=Path, help="run directory (metrics.jsonl, state.pt, last.pt, best.pt)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="resume the run in DIR from its state.pt")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -39,21 +52,98 @@ def cmd_train(args) -> int:
         if args.config is None or args.out is None:
             raise UserError("ancra train needs --config FILE and --out DIR (or --resume DIR)")
         if (args.out / "state.pt").exists():
-            raise UserError(f"{args.out} already holds a run: continue it with --resume {args.out} or choose another --out")
+            raise UserError(
+                f"{args.out} already holds a run: continue it with --resume {args.out} or choose another --out"
+            )
         trainer = Trainer(load_config(args.config, args.overrides), args.out, progress=not args.quiet)
     result = trainer.fit()
     best = result["best"]
     if trainer.dist.is_main:
-            print(json.dumps({"out": result["out"], "best_epoch": best["epoch"] + 1,
-                          "best_val_pgd_acc": best.get("val_pgd_acc"), "best_val_clean_acc": best.get("val_clean_acc")}))
+        print(
+            json.dumps(
+                {
+                    "out": result["out"],
+                    "best_epoch": best["epoch"] + 1,
+                    "best_val_pgd_acc": best.get("val_pgd_acc"),
+                    "best_val_clean_acc": best.get("val_clean_acc"),
+                }
+            )
+        )
+    return 0
+
+
+def _add_eval(sub) -> None:
+    from .evaluation import SUITES
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint: standard attacks, AutoAttack, adaptive attacks",
+        description="Evaluate CHECKPOINT on the test split (its first N examples, or all) in fp32: "
+        "the standard suite (clean, FGSM, PGD-20/40, CW-inf, AutoAttack), the adaptive "
+        "suite against Reverse Attention (A1-A8 of docs/EVALUATION.md) or both; writes "
+        "report.json, report.md and plots to --out.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a weights file (last.pt / best.pt of `ancra train`)")
+    p.add_argument("--suite", choices=SUITES, default="standard")
+    p.add_argument("--n-examples", type=int, default=0, help="evaluate the first N test examples (0 = all)")
+    p.add_argument("--eps", type=float, help="L-inf budget (default: the eps the checkpoint was trained with)")
+    p.add_argument(
+        "--transfer-from", type=Path, metavar="CKPT", help="a same-architecture model without RA (A6 transfer)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default: the checkpoint's config, then the standard places)"
+    )
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="reduced budgets (AutoAttack APGD-CE + APGD-T, fewer iterations and queries): demos and tests, "
+        "never headline numbers; recorded in the report",
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        default=0,
+        metavar="K",
+        help="evaluate in chunks of K examples, each kept in OUT/chunk-A-B when finished: rerunning the "
+        "command (also with a larger --n-examples) skips finished chunks; the report merges them",
+    )
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint,
+        args.out,
+        suite=args.suite,
+        n_examples=args.n_examples,
+        eps=args.eps,
+        transfer_from=args.transfer_from,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        quick=args.quick,
+        threads=args.threads,
+        chunk_size=args.chunk_size,
+    )
     return 0
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="time training steps (or evaluation attacks) of a config",
-                       description="Times whole training steps of CONFIG on synthetic data of its shape after "
-                                   "warm-up; prints images/s, median step time, FLOPs per step, achieved FLOP/s "
-                                   "and the fraction of a matmul peak measured in the same run.")
+    p = sub.add_parser(
+        "bench",
+        help="time training steps (or evaluation attacks) of a config",
+        description="Times whole training steps of CONFIG on synthetic data of its shape after "
+        "warm-up, in the layout the trainer would use on this machine; prints images/s, "
+        "median step time, FLOPs per step, achieved FLOP/s, the fraction of a peak "
+        "measured in the same run, and the CPU's instruction set.",
+    )
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--batch", type=int, default=128)
@@ -67,39 +157,133 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import main_bench
+    from .bench import run_bench
+    from .config import load_config
 
-    return main_bench(args)
+    cfg = load_config(args.config, args.overrides)
+    r = run_bench(
+        cfg,
+        batch=args.batch,
+        steps=args.steps,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        eval_mode=args.eval,
+        warmup=args.warmup,
+    )
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    speed = f"{r['step_s']:.4f} s/step, {r['images_per_s']:.1f} img/s"
+    if r["achieved_flops_per_s"] is not None:
+        speed += (
+            f", {r['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s = {100 * r['fraction_of_peak']:.1f}% "
+            f"of a {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s {r['peak_source']} peak"
+        )
+    print(
+        f"{r['mode']} {cfg.model.name} batch {args.batch} {args.precision} on {r['device_name']} "
+        f"({r['hardware']['capability']}, {r['hardware']['threads']} threads): {speed}"
+    )
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ancra", description="Adversarial training with ANCRA and honest robustness evaluation.")
-    parser.add_argument("--version", action="version", version=f"ancra {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    from .evaluate_cli import add_parser as _add_eval
+def _add_analyze(sub) -> None:
+    from .analysis import EMBEDDINGS
 
-    _add_eval(sub)
-    _add_bench(sub)
-    from .analysis import add_parser as _add_analyze
-
-    _add_analyze(sub)
-    return parser
+    p = sub.add_parser(
+        "analyze",
+        help="feature-space analysis of checkpoints (alignment / exclusion) and plots",
+        description="Penultimate-feature distances of positive pairs (x, its PGD adversarial) and negative "
+        "pairs (x, an other-class example attacked towards x's class), per class, with an "
+        "embedding, training curves and accuracy-vs-eps plots. Writes DIR/analysis.json and PNGs.",
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="weights file (best.pt / last.pt of a run)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="CKPT",
+        help="more checkpoints to overlay (same dataset)",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--n-examples", type=int, default=1000, metavar="N", help="first N test examples (default 1000)")
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        metavar="E",
+        help="L-inf radius (default: objective.eps of CHECKPOINT's config)",
+    )
+    p.add_argument("--steps", type=int, default=10, metavar="S", help="PGD steps, step size eps/4 (default 10)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: data.dataset of CHECKPOINT's config)")
+    p.add_argument("--data-dir", type=Path, default=None, metavar="D", help="folder with the dataset files")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="RUN_DIR",
+        help="run directories with metrics.jsonl (default: each checkpoint's folder, when it has one)",
+    )
+    p.add_argument(
+        "--reports",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="REPORT_JSON",
+        help="`ancra eval` report.json files for the accuracy-vs-eps plot",
+    )
+    p.add_argument(
+        "--embedding",
+        choices=EMBEDDINGS,
+        default="auto",
+        help="auto: UMAP if umap-learn is installed, else t-SNE (default auto)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="negatives, attack starts and embedding (default 0)")
+    p.add_argument("--batch-size", type=int, default=250, help="anchors per attack batch (default 250)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
 def cmd_analyze(args) -> int:
-    from .analysis import run
+    from .analysis import analyze
 
-    return run(args)
-
-
-def cmd_eval(args) -> int:
-    from .evaluate_cli import run
-
-    return run(args)
+    analyze(
+        args.checkpoint,
+        out_dir=args.out,
+        compare=args.compare,
+        reports=args.reports,
+        runs=args.runs,
+        n_examples=args.n_examples,
+        eps=args.eps,
+        steps=args.steps,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        embedding=args.embedding,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    return 0
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "analyze": cmd_analyze}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ancra", description="Adversarial training with ANCRA and honest robustness evaluation."
+    )
+    parser.add_argument("--version", action="version", version=f"ancra {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_bench(sub)
+    _add_analyze(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = {"train": ": continue with `ancra train --resume DIR` (from the last completed epoch)",
-                "eval": ": rerun the same command; AutoAttack continues from its state file"}.get(args.command, "")
+        hint = {
+            "train": ": continue with `ancra train --resume DIR` (from the last completed epoch)",
+            "eval": ": rerun the same command; AutoAttack continues from its state file",
+        }.get(args.command, "")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     finally:

@@ -1,7 +1,8 @@
 """Experiment configuration: TOML files in ``configs/``, validated on load.
 
-A config has four sections, each a dataclass below; every key has a type, a default and, where it
-matters, a range or a set of choices. Loading rejects unknown sections/keys, wrong types and
+A config has four sections, each a dataclass (``[objective]`` is :class:`ancra.objectives.Objective`
+itself); every key is an :func:`ancra.options.option` with a type, a default and, where it matters,
+a range or a set of choices. Loading rejects unknown sections/keys, wrong types and
 out-of-range values with one :class:`~ancra.errors.UserError` naming the key and what is valid.
 ``--set section.key=value`` overrides are parsed as TOML values (``train.epochs=3``,
 ``objective.negatives="hard_adv"``; bare words are taken as strings).
@@ -10,9 +11,8 @@ out-of-range values with one :class:`~ancra.errors.UserError` naming the key and
 from __future__ import annotations
 
 import inspect
-import math
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +21,32 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .attacks import STARTS
 from .data import AUGMENTATIONS, DATASET_NAMES
 from .errors import UserError
 from .models import MODELS
-from .negatives import STRATEGIES
-from .objectives import METHODS, Objective
-
-
-def _opt(default, *, choices=None, lo=None, hi=None, lo_open=False, types=None, help=""):
-    """A config field with validation metadata (``lo``/``hi`` inclusive unless ``lo_open``;
-    ``types``: the accepted types when there are several, e.g. ``"auto"`` or a bool)."""
-    kw = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
-    return field(metadata={"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "types": types, "help": help},
-                 **kw)
+from .objectives import Objective
+from .options import check_option, option
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _opt("fmnist", choices=DATASET_NAMES)
-    data_dir: str = _opt("", help="folder with the dataset files ('' = the standard places)")
-    download: bool = _opt(True)
-    val_size: int = _opt(5000, lo=0, help="examples held out of the training set for model selection")
-    val_seed: int = _opt(0)
-    train_subset: int = _opt(0, lo=0, help="use only the first N training examples (0 = all)")
-    augment: str = _opt("none", choices=("none",) + tuple(a for a in AUGMENTATIONS if a))
-    crop_padding: int = _opt(4, lo=0)
+    dataset: str = option("fmnist", choices=DATASET_NAMES)
+    data_dir: str = option("", help="folder with the dataset files ('' = the standard places)")
+    download: bool = option(True)
+    val_size: int = option(5000, lo=0, help="examples held out of the training set for model selection")
+    val_seed: int = option(0)
+    train_subset: int = option(0, lo=0, help="use only the first N training examples (0 = all)")
+    augment: str = option("none", choices=("none",) + tuple(a for a in AUGMENTATIONS if a))
+    crop_padding: int = option(4, lo=0)
 
 
 @dataclass
 class ModelConfig:
-    name: str = _opt("narrow_resnet", choices=tuple(MODELS))
-    ra_blocks: int = _opt(2, lo=0, help="RA blocks at the end of the network (0 = plain baseline)")
-    width: int = _opt(0, lo=0, help="narrow_resnet only: channels of the first stage (0 = default)")
-    num_blocks: list = _opt([], help="narrow_resnet only: blocks per stage ([] = default)")
-    pool_size: int = _opt(1, lo=1, help="pooled map size fed to fc (2 for 64x64 PreActResNet-18)")
+    name: str = option("narrow_resnet", choices=tuple(MODELS))
+    ra_blocks: int = option(2, lo=0, help="RA blocks at the end of the network (0 = plain baseline)")
+    width: int = option(0, lo=0, help="narrow_resnet only: channels of the first stage (0 = default)")
+    num_blocks: list = option([], help="narrow_resnet only: blocks per stage ([] = default)")
+    pool_size: int = option(1, lo=1, help="pooled map size fed to fc (2 for 64x64 PreActResNet-18)")
 
     def kwargs(self) -> dict:
         """Constructor arguments beyond name/classes/channels, defaults left out."""
@@ -73,91 +64,45 @@ class ModelConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    method: str = _opt("trades", choices=METHODS)
-    beta: float = _opt(6.0, lo=0)
-    attack_loss: str = _opt("ce", choices=("ce", "kl"))
-    eps: float = _opt(8 / 255, lo=0, hi=1, lo_open=True)
-    step_size: float = _opt(0.007, lo=0, hi=1, lo_open=True)
-    steps: int = _opt(10, lo=1, hi=1000)
-    random_start: str = _opt("normal", choices=STARTS)
-    cr_beta: float = _opt(2.0, lo=0)
-    zeta: float = _opt(0.0, lo=0, help="ANC weight (0 disables ANC)")
-    alpha: float = _opt(1.0, lo=0, hi=1)
-    negatives: str = _opt("random_adv", choices=STRATEGIES)
-    k: int = _opt(1, lo=1)
-    warmup: int = _opt(10, lo=0)
-
-    def objective(self) -> Objective:
-        return Objective(**asdict(self))
-
-
-@dataclass
 class TrainConfig:
-    epochs: int = _opt(10, lo=1)
-    batch_size: int = _opt(128, lo=2)
-    lr: float = _opt(0.01, lo=0, lo_open=True)
-    momentum: float = _opt(0.9, lo=0, hi=1)
-    weight_decay: float = _opt(2e-4, lo=0)
-    schedule: str = _opt("piecewise", choices=("piecewise", "cosine", "constant"))
-    milestones: list = _opt([], help="piecewise: epochs where the lr is multiplied by gamma")
-    gamma: float = _opt(0.1, lo=0, lo_open=True)
-    seed: int = _opt(0)
-    deterministic: bool = _opt(True, help="deterministic kernels (CPU runs are then bit-reproducible)")
-    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
-    sync_bn: bool = _opt(False, help="multi-process runs: batch statistics over the global batch")
-    precision: str = _opt("fp32", choices=("fp32", "bf16"), help="bf16: autocast for training steps (approximate)")
-    channels_last: bool | str = _opt("auto", choices=("auto", True, False), types=(str, bool),
-                                     help="NHWC memory layout (exact; faster convolutions): \"auto\" = on CUDA, "
-                                          "and on a CPU where the model avoids oneDNN issue 6035 (ancra.hardware)")
-    compile: bool = _opt(False, help="torch.compile the model (GPU; long first step)")
-    val_pgd_steps: int = _opt(10, lo=1)
-    val_batch_size: int = _opt(500, lo=1)
-    max_steps_per_epoch: int = _opt(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
+    epochs: int = option(10, lo=1)
+    batch_size: int = option(128, lo=2)
+    lr: float = option(0.01, lo=0, lo_open=True)
+    momentum: float = option(0.9, lo=0, hi=1)
+    weight_decay: float = option(2e-4, lo=0)
+    schedule: str = option("piecewise", choices=("piecewise", "cosine", "constant"))
+    milestones: list = option([], help="piecewise: epochs where the lr is multiplied by gamma")
+    gamma: float = option(0.1, lo=0, lo_open=True)
+    seed: int = option(0)
+    deterministic: bool = option(True, help="deterministic kernels (CPU runs are then bit-reproducible)")
+    device: str = option("auto", choices=("auto", "cpu", "cuda"))
+    sync_bn: bool = option(False, help="multi-process runs: batch statistics over the global batch")
+    precision: str = option("fp32", choices=("fp32", "bf16"), help="bf16: autocast for training steps (approximate)")
+    channels_last: bool | str = option(
+        "auto",
+        choices=("auto", True, False),
+        types=(str, bool),
+        help='NHWC memory layout (exact; faster convolutions): "auto" = on CUDA, '
+        "and on a CPU where the model avoids oneDNN issue 6035 (ancra.hardware)",
+    )
+    compile: bool = option(False, help="torch.compile the model (GPU; long first step)")
+    val_pgd_steps: int = option(10, lo=1)
+    val_batch_size: int = option(500, lo=1)
+    max_steps_per_epoch: int = option(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": ObjectiveConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": Objective, "train": TrainConfig}
 
 
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: Objective = field(default_factory=Objective)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
-
-
-def _check_value(section: str, f, value: Any) -> Any:
-    key = f"{section}.{f.name}"
-    meta = f.metadata
-    default = f.default if f.default is not MISSING else f.default_factory()
-    expected = type(default)
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if expected is list and isinstance(value, tuple):
-        value = list(value)
-    if meta.get("types"):
-        if type(value) not in meta["types"]:
-            raise UserError(f"{key} must be {' or '.join(_TYPE_NAMES[t] for t in meta['types'])}, got {value!r}")
-    elif type(value) is not expected:
-        raise UserError(f"{key} must be {_TYPE_NAMES[expected]}, got {value!r}")
-    if expected is float and not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value!r}")
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        shown = (str(c).lower() if isinstance(c, bool) else str(c) for c in meta["choices"])
-        raise UserError(f"{key} = {value!r} is not valid: choose one of {', '.join(shown)}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        raise UserError(f"{key} = {value!r} is out of range: must be {'>' if meta.get('lo_open') else '>='} {lo}")
-    if hi is not None and value > hi:
-        raise UserError(f"{key} = {value!r} is out of range: must be <= {hi}")
-    return value
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -174,7 +119,7 @@ def config_from_dict(raw: dict) -> Config:
         for key in values:
             if key not in known:
                 raise UserError(f"unknown key {section}.{key}: valid keys are {', '.join(known)}")
-        built[section] = cls(**{k: _check_value(section, known[k], v) for k, v in values.items()})
+        built[section] = cls(**{k: check_option(f"{section}.{k}", known[k], v) for k, v in values.items()})
     cfg = Config(**built)
     _check_consistency(cfg)
     return cfg
@@ -182,16 +127,14 @@ def config_from_dict(raw: dict) -> Config:
 
 def _check_consistency(cfg: Config) -> None:
     """Cross-key rules that single-key checks cannot express."""
-    try:
-        cfg.model.kwargs()
-        cfg.objective.objective()
-    except ValueError as e:
-        raise UserError(f"objective: {e}") from None
+    cfg.model.kwargs()
     if any(not isinstance(m, int) or m < 0 for m in cfg.train.milestones):
         raise UserError(f"train.milestones must be a list of epoch numbers >= 0, got {cfg.train.milestones}")
     if cfg.objective.step_size > cfg.objective.eps * 2.5 + 1e-12:
-        raise UserError(f"objective.step_size = {cfg.objective.step_size} is larger than 2.5 * eps "
-                        f"({cfg.objective.eps}): the attack would just bounce on the eps-ball")
+        raise UserError(
+            f"objective.step_size = {cfg.objective.step_size} is larger than 2.5 * eps "
+            f"({cfg.objective.eps}): the attack would just bounce on the eps-ball"
+        )
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -6,5 +6,5 @@ arguments out of range; let programming errors surface as ordinary exceptions.
 """
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A problem in the user's input that a message can explain (bad config, missing file...)."""

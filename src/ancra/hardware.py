@@ -124,8 +124,9 @@ def use_channels_last(setting: bool | str, model: nn.Module, device: torch.devic
     raise UserError(
         f"train.channels_last = true is unsafe on a CPU for this model: {bad[0]} is a strided 1x1 convolution "
         f"with fewer than {MIN_NHWC_1X1_IN_CHANNELS} input channels, whose weight gradient oneDNN computes "
-        f"wrongly or hangs on in channels_last (oneDNN issue 6035): set train.channels_last = \"auto\" or false, "
-        f"or widen the model (model.width >= {MIN_NHWC_1X1_IN_CHANNELS})")
+        f'wrongly or hangs on in channels_last (oneDNN issue 6035): set train.channels_last = "auto" or false, '
+        f"or widen the model (model.width >= {MIN_NHWC_1X1_IN_CHANNELS})"
+    )
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -133,6 +134,7 @@ def check_precision(precision: str, device: torch.device) -> None:
     fp32 (docs/PERFORMANCE.md), so it can only cost time; a GPU or an avx512_bf16/AMX CPU is fine."""
     if precision == "bf16" and device.type == "cpu" and not native_bf16():
         raise UserError(
-            f"train.precision = \"bf16\" on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, "
+            f'train.precision = "bf16" on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, '
             f"no avx512_bf16/AMX in use): bf16 would be emulated and several times slower than fp32; "
-            f"set train.precision = \"fp32\"")
+            f'set train.precision = "fp32"'
+        )

@@ -1,5 +1,5 @@
-"""Loss terms: Asymmetric Negative Contrast (METHOD.md section 3) and the base AT objectives
-(section 4). Every function takes logits of one head and returns a batch-mean scalar, so the
+"""Loss terms: Asymmetric Negative Contrast (docs/METHOD.md, "Asymmetric negative contrast") and the base AT objectives
+(docs/METHOD.md, "Base objectives"). Every function takes logits of one head and returns a batch-mean scalar, so the
 objective can apply it to the final head and to each RA aux head alike."""
 
 from __future__ import annotations

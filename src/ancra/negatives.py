@@ -1,4 +1,4 @@
-"""Negative (other-class example) selection for ANC, METHOD.md section 3.
+"""Negative (other-class example) selection for ANC, docs/METHOD.md, "Negative selection".
 
 For each anchor ``i`` pick ``k`` examples ``j`` of the same batch with ``y_j != y_i``. Everything
 is a mask / score on the B x B matrix followed by one top-k: no Python loop over pairs.

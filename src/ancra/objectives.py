@@ -1,7 +1,7 @@
 """The ANCRA objective on top of PGD-AT / TRADES / MART, and one training step.
 
 ``ANCRA-X = X(final) + cr_beta * mean_h X(aux_h) + zeta * [ANC(final) + cr_beta * mean_h ANC(aux_h)]``
-(METHOD.md section 4). Every ablation is a configuration of :class:`Objective`, not a copy:
+(docs/METHOD.md, "Base objectives"). Every ablation is a configuration of :class:`Objective`, not a copy:
 
 ========================  =================================================================
 plain X (baseline)         ``zeta=0`` on a model with ``ra_blocks=0``
@@ -21,47 +21,48 @@ strategies (soft/hard/easy) need after warm-up; the default ``random_adv`` never
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from .attacks import attack_mode, pgd
+from .attacks import STARTS, attack_mode, pgd
 from .distributed import unwrap
 from .losses import BASE_LOSSES, anc_loss
-from .negatives import needs_predictions, parse_strategy, select_negatives
+from .negatives import STRATEGIES, needs_predictions, parse_strategy, select_negatives
+from .options import check_option, option
 
 METHODS = tuple(BASE_LOSSES)
 
 
 @dataclass
 class Objective:
-    """What one training step optimises. Defaults: ANCRA-TRADES with the reference CIFAR attack."""
+    """What one training step optimises, and the ``[objective]`` section of a config (each field's
+    default and valid range are declared here once). Defaults: TRADES with the CE attack of the
+    reference ANCRA code and RA heads weighted by ``cr_beta`` (RA applies only to an RA model);
+    ANC is off until ``zeta > 0``. Invalid values raise :class:`~ancra.errors.UserError` (a
+    ``ValueError``) naming the field."""
 
-    method: str = "trades"  # standard | pgd_at | trades | mart
-    beta: float = 6.0  # TRADES / MART trade-off
-    attack_loss: str = "ce"  # TRADES only: kl (canonical) or ce (the reference ANCRA code)
-    eps: float = 8 / 255
-    step_size: float = 0.007
-    steps: int = 10
-    random_start: str = "normal"  # x + 0.001 N(0,1)
-    cr_beta: float = 2.0  # weight of the RA aux heads (ignored for models without RA)
-    zeta: float = 0.0  # ANC weight; 0 disables ANC
-    alpha: float = 1.0  # ANC asymmetry: 1 = anchor frozen, only negatives pushed
-    negatives: str = "random_adv"
-    k: int = 1  # negatives per anchor
-    warmup: int = 10  # epochs of random negatives before soft/hard/easy apply
+    method: str = option("trades", choices=METHODS, help="base objective")
+    beta: float = option(6.0, lo=0, help="TRADES / MART trade-off")
+    attack_loss: str = option(
+        "ce", choices=("ce", "kl"), help="TRADES only: kl (canonical) or ce (reference ANCRA code)"
+    )
+    eps: float = option(8 / 255, lo=0, hi=1, lo_open=True)
+    step_size: float = option(0.007, lo=0, hi=1, lo_open=True)
+    steps: int = option(10, lo=1, hi=1000)
+    random_start: str = option("normal", choices=STARTS, help="normal: x + 0.001 N(0, 1)")
+    cr_beta: float = option(2.0, lo=0, help="weight of the RA aux heads (ignored for models without RA)")
+    zeta: float = option(0.0, lo=0, help="ANC weight (0 disables ANC)")
+    alpha: float = option(1.0, lo=0, hi=1, help="ANC asymmetry: 1 = anchor frozen, only negatives pushed")
+    negatives: str = option("random_adv", choices=STRATEGIES)
+    k: int = option(1, lo=1, help="negatives per anchor")
+    warmup: int = option(10, lo=0, help="epochs of random negatives before soft/hard/easy apply")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.attack_loss not in ("ce", "kl"):
-            raise ValueError(f"attack_loss must be 'ce' or 'kl', got {self.attack_loss!r}")
-        parse_strategy(self.negatives)
-        if not 0 <= self.alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        for f in fields(self):
+            what = "negative strategy" if f.name == "negatives" else f.name
+            setattr(self, f.name, check_option(f.name, f, getattr(self, f.name), unknown=what))
 
     @property
     def uses_anc(self) -> bool:
@@ -74,9 +75,6 @@ class Objective:
     @property
     def train_attack_loss(self) -> str:
         return self.attack_loss if self.method == "trades" else "ce"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -128,8 +126,15 @@ def training_step(
 
     # (2) both attacks as one batch: untargeted on the anchors, targeted (towards each anchor's
     # class) on the negatives
-    attack = dict(eps=obj.eps, step_size=obj.step_size, steps=obj.steps, loss=obj.train_attack_loss,
-                  random_start=obj.random_start, cr_beta=cr_beta, generator=generator)
+    attack = dict(
+        eps=obj.eps,
+        step_size=obj.step_size,
+        steps=obj.steps,
+        loss=obj.train_attack_loss,
+        random_start=obj.random_start,
+        cr_beta=cr_beta,
+        generator=generator,
+    )
     attack_anchors = obj.method != "standard"
     attack_negatives = obj.uses_anc and obj.adversarial_negatives
     x_adv = None
@@ -144,7 +149,7 @@ def training_step(
         if attack_anchors:
             x_adv = adv[:b]
         if attack_negatives:
-            x_neg = adv[-x_neg.shape[0]:]
+            x_neg = adv[-x_neg.shape[0] :]
 
     # (3) train-mode forwards, with label-driven RA masks; the negative uses its own label
     model.train()

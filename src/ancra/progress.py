@@ -35,8 +35,10 @@ class Progress:
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         extras = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.fields.items())
-        return (f"{self.desc} [{bar}] {self.done}/{self.total} {format_seconds(elapsed)}<{format_seconds(eta)} "
-                f"{rate:.2f}it/s {extras}").rstrip()
+        return (
+            f"{self.desc} [{bar}] {self.done}/{self.total} {format_seconds(elapsed)}<{format_seconds(eta)} "
+            f"{rate:.2f}it/s {extras}"
+        ).rstrip()
 
     def update(self, done: int, **fields) -> None:
         self.done, self.fields = done, {**self.fields, **fields}

@@ -79,7 +79,7 @@ def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch
     g = torch.Generator(device=x.device).manual_seed(seed)
     counts = torch.zeros(2, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         x_adv = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, generator=g)
         with torch.no_grad():
             counts[0] += (model(xb).argmax(1) == yb).sum()
@@ -148,21 +148,30 @@ class Trainer:
         seed_everything(t.seed, t.deterministic)
         world = self.dist.world_size
         if t.batch_size % world:
-            raise UserError(f"train.batch_size = {t.batch_size} (the global batch) must be divisible "
-                            f"by the {world} processes")
+            raise UserError(
+                f"train.batch_size = {t.batch_size} (the global batch) must be divisible by the {world} processes"
+            )
 
         d = cfg.data
         splits = load_dataset(d.dataset, d.data_dir or None, d.download)
         train_x, train_y = splits.train_x, splits.train_y
         if d.train_subset:
-            train_x, train_y = train_x[:d.train_subset], train_y[:d.train_subset]
+            train_x, train_y = train_x[: d.train_subset], train_y[: d.train_subset]
         train_x, train_y, val_x, val_y = split_validation(train_x, train_y, d.val_size, d.val_seed)
         if len(train_x) < t.batch_size:
             raise UserError(f"train.batch_size = {t.batch_size} exceeds the {len(train_x)} training examples")
         self.loader = DeviceLoader(
-            train_x, train_y, t.batch_size // world, shuffle=True, drop_last=True,
-            augment=None if d.augment == "none" else d.augment, crop_padding=d.crop_padding,
-            seed=t.seed, device=self.device, rank=self.dist.rank, world_size=world,
+            train_x,
+            train_y,
+            t.batch_size // world,
+            shuffle=True,
+            drop_last=True,
+            augment=None if d.augment == "none" else d.augment,
+            crop_padding=d.crop_padding,
+            seed=t.seed,
+            device=self.device,
+            rank=self.dist.rank,
+            world_size=world,
         )
         # each rank validates every world-th example; the counts are summed across ranks
         r = self.dist.rank
@@ -178,19 +187,22 @@ class Trainer:
         check_precision(t.precision, self.device)
         self.channels_last = use_channels_last(t.channels_last, net, self.device)
         if self.progress and t.channels_last == "auto" and not self.channels_last:
-            print("train.channels_last = auto: NCHW layout, this model has strided 1x1 convolutions too narrow for "
-                  "channels_last on a CPU (oneDNN issue 6035, see docs/PERFORMANCE.md)", file=sys.stderr)
+            print(
+                "train.channels_last = auto: NCHW layout, this model has strided 1x1 convolutions too narrow for "
+                "channels_last on a CPU (oneDNN issue 6035, see docs/PERFORMANCE.md)",
+                file=sys.stderr,
+            )
         net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         self.net = net
         self.model = net
         if self.dist.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if t.compile:
             self.model = torch.compile(self.model)
-        self.objective = cfg.objective.objective()
-        self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum,
-                                         weight_decay=t.weight_decay)
+        self.objective = cfg.objective
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.epoch = 0
         self.best = {"epoch": -1, "val_pgd_acc": -1.0}
 
@@ -233,8 +245,12 @@ class Trainer:
         if not self.dist.is_main:
             barrier(self.dist)
             return
-        meta = {"epoch": record["epoch"], "val_clean_acc": record["val_clean_acc"],
-                "val_pgd_acc": record["val_pgd_acc"], "config": self.cfg.to_dict()}
+        meta = {
+            "epoch": record["epoch"],
+            "val_clean_acc": record["val_clean_acc"],
+            "val_pgd_acc": record["val_pgd_acc"],
+            "config": self.cfg.to_dict(),
+        }
         save_weights(self.model, self.files.last, meta)
         if record["epoch"] == self.best["epoch"]:
             save_weights(self.model, self.files.best, meta)
@@ -268,22 +284,31 @@ class Trainer:
             if not torch.isfinite(metrics["loss"]):
                 raise UserError(
                     f"the loss became {metrics['loss'].item()} at epoch {epoch + 1}, step {step + 1}: "
-                    f"lower train.lr (now {lr}); the last good state is kept in {self.files.state}")
+                    f"lower train.lr (now {lr}); the last good state is kept in {self.files.state}"
+                )
             if step % 10 == 0 or step + 1 == n_steps:
                 bar.update(step + 1, loss=metrics["loss"].item())
         bar.close()
         seconds = time.perf_counter() - start
         keys = sorted(sums)
-        means = all_reduce_sum(torch.stack([sums[k].float() for k in keys]), self.dist) / (n_steps * self.dist.world_size)
+        means = all_reduce_sum(torch.stack([sums[k].float() for k in keys]), self.dist) / (
+            n_steps * self.dist.world_size
+        )
         record = {"epoch": epoch, "lr": lr}
         record.update(zip(keys, means.tolist()))
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
         # what the speed was measured on: a resumed run may continue on another machine
         record["hardware"] = {**device_info(self.device), "channels_last": self.channels_last}
-        counts = count_clean_and_pgd(self.net, self.val_x, self.val_y, eps=cfg.objective.eps,
-                                     steps=cfg.train.val_pgd_steps, batch_size=cfg.train.val_batch_size,
-                                     seed=epoch_seed(cfg.train.seed, epoch, self.dist.rank))
+        counts = count_clean_and_pgd(
+            self.net,
+            self.val_x,
+            self.val_y,
+            eps=cfg.objective.eps,
+            steps=cfg.train.val_pgd_steps,
+            batch_size=cfg.train.val_batch_size,
+            seed=epoch_seed(cfg.train.seed, epoch, self.dist.rank),
+        )
         counts = all_reduce_sum(counts, self.dist)
         n = self.n_val
         record["val_clean_acc"], record["val_pgd_acc"] = (counts / n).tolist() if n else (float("nan"),) * 2
@@ -313,8 +338,11 @@ class Trainer:
             self.epoch += 1
             self._save(record)
             if self.progress:
-                print(f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}  "
-                      f"train nat/adv {record.get('nat_acc', float('nan')):.3f}/{record.get('adv_acc', float('nan')):.3f}  "
-                      f"val clean/PGD {record['val_clean_acc']:.3f}/{record['val_pgd_acc']:.3f}  "
-                      f"{record['images_per_s']:.0f} img/s", flush=True)
+                print(
+                    f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}  "
+                    f"train nat/adv {record.get('nat_acc', math.nan):.3f}/{record.get('adv_acc', math.nan):.3f}  "
+                    f"val clean/PGD {record['val_clean_acc']:.3f}/{record['val_pgd_acc']:.3f}  "
+                    f"{record['images_per_s']:.0f} img/s",
+                    flush=True,
+                )
         return {"best": self.best, "last": record, "out": str(self.files.out)}

@@ -1,4 +1,4 @@
-"""Adaptive suite for RA models, EVALUATION.md section 2 (A1-A8).
+"""Adaptive suite for RA models, docs/EVALUATION.md, "Adaptive attacks" (A1-A8).
 
 The standard attacks differentiate ``model(x)``, whose argmax gate has no gradient: a model can
 look robust to them while being easy to fool (the shattered-gradient pattern). Every attack here
@@ -13,7 +13,7 @@ all earlier attacks (standard suite, AutoAttack and the previous adaptive attack
 ``robust`` tensor of attack ``k`` is the cumulative per-example worst case after it, and its
 ``info['broken']`` counts the examples it broke that nothing before it could. Ordering: A1-A5
 (gradient attacks), then A6 (transfer, then Square), so "transfer / Square beat every gradient
-attack on N examples" falls out of the counts (a sanity check of section 3).
+attack on N examples" falls out of the counts (a sanity check, docs/EVALUATION.md).
 
 Our own PGD here is :func:`judged_pgd`: fixed-sign steps with a decaying step size (eps/4, eps/8,
 eps/16 over 50/25/25 % of the steps) on any objective, checking the real model after every step and
@@ -22,6 +22,11 @@ keeping the first iterate that fools it. APGD and Square are the reference imple
 
 A7 (RA off) is an ablation and never enters the worst case; A8 diagnostics are per-example
 tensors summarised by the report.
+
+Why one module of ~600 lines: the eight families share the cascade, the judged PGD and the
+configuration, and are read side by side. The next step (one evaluation config object and the
+families as a registry instead of near-copies of one wrapper) restructures this module as a
+whole, together with the rest of ``evaluation/``.
 """
 
 from __future__ import annotations
@@ -69,15 +74,25 @@ class AdaptiveConfig:
     @classmethod
     def make(cls, eps: float, quick: bool, **kw) -> "AdaptiveConfig":
         if quick:
-            base = dict(pgd_steps=20, apgd_iter=20, dlr=False, autoattack_on_bpda=False, n_targets=3,
-                        square_queries=500, square_restarts=1)
+            base = dict(
+                pgd_steps=20,
+                apgd_iter=20,
+                dlr=False,
+                autoattack_on_bpda=False,
+                n_targets=3,
+                square_queries=500,
+                square_restarts=1,
+            )
             base.update({k: v for k, v in kw.items() if v is not None})
             return cls(eps=eps, quick=True, **base)
         return cls(eps=eps, quick=False, **{k: v for k, v in kw.items() if v is not None})
 
     def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
-                if k not in ("echo", "out_dir", "device")}
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in self.__dict__.items()
+            if k not in ("echo", "out_dir", "device")
+        }
 
 
 @contextlib.contextmanager
@@ -222,8 +237,18 @@ class Cascade:
         broken = n_before - int(robust.sum())
         info.update({"attacked": n_before, "broken": broken})
         self.alive = robust.clone()
-        res = AttackResult(spec.name, robust, correct, t.seconds, self.group, spec.kind, in_worst_case=True,
-                           cascade=True, info=info, x_adv=x_adv)
+        res = AttackResult(
+            spec.name,
+            robust,
+            correct,
+            t.seconds,
+            self.group,
+            spec.kind,
+            in_worst_case=True,
+            cascade=True,
+            info=info,
+            x_adv=x_adv,
+        )
         self.results.append(res)
         if cfg.echo:
             cfg.echo(f"{spec.name}: broke {broken}/{n_before}, cumulative acc {acc(robust):.2%} ({t.seconds:.1f} s)")
@@ -238,15 +263,32 @@ def _pgd_candidate(objective_for_batch, model, x, y, cfg: AdaptiveConfig, seed_o
     gen = generator(cfg.seed + seed_offset, x.device)
     out = []
     for s in batches(len(x), cfg.batch_size):
-        found, _ = judged_pgd(objective_for_batch(y[s]), model, x[s], y[s], eps=cfg.eps, steps=cfg.pgd_steps,
-                              restarts=cfg.pgd_restarts, generator=gen)
+        found, _ = judged_pgd(
+            objective_for_batch(y[s]),
+            model,
+            x[s],
+            y[s],
+            eps=cfg.eps,
+            steps=cfg.pgd_steps,
+            restarts=cfg.pgd_restarts,
+            generator=gen,
+        )
         out.append(found)
     return torch.cat(out)
 
 
 def _apgd(module, x, y, cfg, loss="ce"):
-    return aa.apgd(module, x, y, eps=cfg.eps, loss=loss, n_iter=cfg.apgd_iter, seed=cfg.seed,
-                   batch_size=cfg.batch_size, device=cfg.device)
+    return aa.apgd(
+        module,
+        x,
+        y,
+        eps=cfg.eps,
+        loss=loss,
+        n_iter=cfg.apgd_iter,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+    )
 
 
 def a1_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
@@ -261,34 +303,71 @@ def a1_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
         def obj(xa, i):
             final, aux = hard.heads(xa)
             return _ce_heads([final, *aux], yb[i]), final
+
         return obj
 
-    specs.append(Spec("a1-pgd-sum", "whitebox",
-                      lambda x, y: [_pgd_candidate(sum_ce, model, x, y, cfg, 1)],
-                      {"objective": "CE(final)+sum_h CE(aux_h), hard gate", "steps": cfg.pgd_steps}))
+    specs.append(
+        Spec(
+            "a1-pgd-sum",
+            "whitebox",
+            lambda x, y: [_pgd_candidate(sum_ce, model, x, y, cfg, 1)],
+            {"objective": "CE(final)+sum_h CE(aux_h), hard gate", "steps": cfg.pgd_steps},
+        )
+    )
     for h in range(n_aux):
+
         def aux_ce(yb, h=h):
             return lambda xa, i: F.cross_entropy(hard.heads(xa)[1][h], yb[i], reduction="none")
-        specs.append(Spec(f"a1-pgd-aux{h}", "surrogate",
-                          lambda x, y, f=aux_ce, h=h: [_pgd_candidate(f, model, x, y, cfg, 2 + h)],
-                          {"objective": f"CE(aux{h})", "steps": cfg.pgd_steps}))
+
+        specs.append(
+            Spec(
+                f"a1-pgd-aux{h}",
+                "surrogate",
+                lambda x, y, f=aux_ce, h=h: [_pgd_candidate(f, model, x, y, cfg, 2 + h)],
+                {"objective": f"CE(aux{h})", "steps": cfg.pgd_steps},
+            )
+        )
     losses = ["ce", "dlr"] if cfg.dlr else ["ce"]
     poe = RAView(model, "hard", output="poe")
     for loss in losses:
-        specs.append(Spec(f"a1-apgd-{loss}-poe", "surrogate",
-                          lambda x, y, loss=loss: [_apgd(poe, x, y, cfg, loss)],
-                          {"objective": f"APGD-{loss.upper()} on sum_h log_softmax(head_h)", "n_iter": cfg.apgd_iter}))
+        specs.append(
+            Spec(
+                f"a1-apgd-{loss}-poe",
+                "surrogate",
+                lambda x, y, loss=loss: [_apgd(poe, x, y, cfg, loss)],
+                {"objective": f"APGD-{loss.upper()} on sum_h log_softmax(head_h)", "n_iter": cfg.apgd_iter},
+            )
+        )
         for h in range(n_aux):
             view = RAView(model, "hard", output=f"aux{h}")
-            specs.append(Spec(f"a1-apgd-{loss}-aux{h}", "surrogate",
-                              lambda x, y, v=view, loss=loss: [_apgd(v, x, y, cfg, loss)],
-                              {"objective": f"APGD-{loss.upper()} on aux{h}", "n_iter": cfg.apgd_iter}))
+            specs.append(
+                Spec(
+                    f"a1-apgd-{loss}-aux{h}",
+                    "surrogate",
+                    lambda x, y, v=view, loss=loss: [_apgd(v, x, y, cfg, loss)],
+                    {"objective": f"APGD-{loss.upper()} on aux{h}", "n_iter": cfg.apgd_iter},
+                )
+            )
 
     def aa_aux0(x, y):
-        r = aa.run_autoattack(RAView(model, "hard", output="aux0"), x, y, eps=cfg.eps, judge=model,
-                              version=cfg.aa_version, quick=cfg.quick, n_iter=cfg.apgd_iter if cfg.quick else None,
-                              batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, out_dir=cfg.out_dir,
-                              name="a1-autoattack-aux0", echo=None, group="adaptive", kind="surrogate")
+        r = aa.run_autoattack(
+            RAView(model, "hard", output="aux0"),
+            x,
+            y,
+            eps=cfg.eps,
+            judge=model,
+            version=cfg.aa_version,
+            quick=cfg.quick,
+            n_iter=cfg.apgd_iter if cfg.quick else None,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            device=cfg.device,
+            out_dir=cfg.out_dir,
+            name="a1-autoattack-aux0",
+            echo=None,
+            group="adaptive",
+            kind="surrogate",
+        )
         return [r.x_adv], {k: r.info[k] for k in ("version", "attacks", "apgd_n_iter", "flags", "component_acc")}
 
     specs.append(Spec("a1-autoattack-aux0", "surrogate", aa_aux0, {"classifier": "aux0 standalone, transferred"}))
@@ -305,12 +384,28 @@ def a2_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
         def fn(x, y, view=view, T=T):
             cands, info = [], {"temperature": T}
             if cfg.autoattack_on_bpda:
-                r = aa.run_autoattack(view, x, y, eps=cfg.eps, judge=model, version=cfg.aa_version,
-                                      batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                                      out_dir=cfg.out_dir, name=f"a2-autoattack-bpda-T{T}", group="adaptive")
+                r = aa.run_autoattack(
+                    view,
+                    x,
+                    y,
+                    eps=cfg.eps,
+                    judge=model,
+                    version=cfg.aa_version,
+                    batch_size=cfg.batch_size,
+                    seed=cfg.seed,
+                    device=cfg.device,
+                    out_dir=cfg.out_dir,
+                    name=f"a2-autoattack-bpda-T{T}",
+                    group="adaptive",
+                )
                 cands.append(r.x_adv)
-                info.update({"autoattack": r.info["attacks"], "flags": r.info["flags"],
-                             "component_acc": r.info["component_acc"]})
+                info.update(
+                    {
+                        "autoattack": r.info["attacks"],
+                        "flags": r.info["flags"],
+                        "component_acc": r.info["component_acc"],
+                    }
+                )
             else:
                 cands.append(_apgd(view, x, y, cfg))
                 info["apgd"] = f"APGD-CE {cfg.apgd_iter} iterations"
@@ -319,7 +414,9 @@ def a2_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
                 def f(xa, i):
                     logits = view(xa)
                     return F.cross_entropy(logits, yb[i], reduction="none"), logits
+
                 return f
+
             cands.append(_pgd_candidate(obj, model, x, y, cfg, 10))
             return cands, info
 
@@ -339,7 +436,9 @@ def a3_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
                 def f(xa, i):
                     final, aux = soft.heads(xa)
                     return _ce_heads([final, *aux], yb[i])
+
                 return f
+
             return [_apgd(soft, x, y, cfg), _pgd_candidate(obj, model, x, y, cfg, 20)]
 
         specs.append(Spec(f"a3-soft-T{T:g}", "surrogate", fn, {"temperature": T}))
@@ -382,10 +481,21 @@ def a4_specs(model, cfg: AdaptiveConfig, num_classes: int) -> list[Spec]:
                 def f(xa, i):
                     final, aux = fixed.heads(xa)
                     return -_ce_heads([final, *aux], torch.full_like(yb[i], t))
-                return f
+
+                return f  # noqa: B023 - f closes over obj's arguments, bound per class
+
             cands = [_pgd_candidate(obj, model, xs, ys, cfg, 30 + t)]
-            cands += aa.apgd_targeted_to(poe, xs, ys, t, eps=cfg.eps, n_iter=cfg.apgd_iter, seed=cfg.seed,
-                                         batch_size=cfg.batch_size, device=cfg.device)
+            cands += aa.apgd_targeted_to(
+                poe,
+                xs,
+                ys,
+                t,
+                eps=cfg.eps,
+                n_iter=cfg.apgd_iter,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+            )
             b, f = _pick(model, xs, ys, cands, cfg.batch_size)
             best[sel[f]] = b[f]
             fooled[sel[f]] = True
@@ -411,9 +521,13 @@ def a5_specs(model, cfg: AdaptiveConfig) -> list[Spec]:
                 def f(xa, i):
                     final, aux = fixed.heads(xa)
                     return _ce_heads([final, *aux], yb[i])
+
                 return f
-            cands = [_pgd_candidate(obj, model, xs, ys, cfg, 50 + c),
-                     _apgd(RAView(model, "fixed", fixed_class=c, output="poe"), xs, ys, cfg)]
+
+            cands = [
+                _pgd_candidate(obj, model, xs, ys, cfg, 50 + c),
+                _apgd(RAView(model, "fixed", fixed_class=c, output="poe"), xs, ys, cfg),
+            ]
             b, _ = _pick(model, xs, ys, cands, cfg.batch_size)
             best[sel] = b
         return [best]
@@ -433,21 +547,45 @@ def a6_specs(model, cfg: AdaptiveConfig, transfer_model: nn.Module | None) -> li
 
             def obj(yb):
                 return lambda xa, i: F.cross_entropy(src(xa), yb[i], reduction="none")
+
             with frozen(src):
                 return [_apgd(src, x, y, cfg), _pgd_candidate(obj, model, x, y, cfg, offset)]
+
         return fn
 
     if transfer_model is not None:
-        specs.append(Spec("a6-transfer-model", "transfer", from_source(transfer_model, 70),
-                          {"source": type(transfer_model).__name__,
-                           "source_spec": getattr(transfer_model, "spec", None)}))
+        specs.append(
+            Spec(
+                "a6-transfer-model",
+                "transfer",
+                from_source(transfer_model, 70),
+                {"source": type(transfer_model).__name__, "source_spec": getattr(transfer_model, "spec", None)},
+            )
+        )
     if is_ra_model(model):
-        specs.append(Spec("a6-transfer-ra-off-twin", "transfer", from_source(RAView(model, "off"), 71),
-                          {"source": "same weights, RA removed (last aux head on unmasked features)"}))
+        specs.append(
+            Spec(
+                "a6-transfer-ra-off-twin",
+                "transfer",
+                from_source(RAView(model, "off"), 71),
+                {"source": "same weights, RA removed (last aux head on unmasked features)"},
+            )
+        )
 
     def sq(x, y):
-        return [aa.square(model, x, y, eps=cfg.eps, n_queries=cfg.square_queries, restarts=cfg.square_restarts,
-                          seed=cfg.seed, batch_size=cfg.batch_size, device=cfg.device)]
+        return [
+            aa.square(
+                model,
+                x,
+                y,
+                eps=cfg.eps,
+                n_queries=cfg.square_queries,
+                restarts=cfg.square_restarts,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                device=cfg.device,
+            )
+        ]
 
     specs.append(Spec("a6-square", "blackbox", sq, {"queries": cfg.square_queries, "restarts": cfg.square_restarts}))
     return specs
@@ -532,11 +670,29 @@ def a7_ra_off(model, x, y, *, eps, steps=20, step_size=None, batch_size=256, see
     with frozen(model):
         with Timer() as t:
             c = predict(twin, x, batch_size) == y
-        clean_res = AttackResult("a7-ra-off-clean", c.clone(), c.clone(), t.seconds, "ablation", "clean",
-                                 in_worst_case=False, info={"model": "RA removed, last aux head"})
-        p = pgd_attack(twin, x, y, eps=eps, steps=steps, step_size=step_size if step_size else eps / 4,
-                       seed=seed, batch_size=batch_size, clean_correct=c, name=f"a7-ra-off-pgd-{steps}",
-                       device=x.device)
+        clean_res = AttackResult(
+            "a7-ra-off-clean",
+            c.clone(),
+            c.clone(),
+            t.seconds,
+            "ablation",
+            "clean",
+            in_worst_case=False,
+            info={"model": "RA removed, last aux head"},
+        )
+        p = pgd_attack(
+            twin,
+            x,
+            y,
+            eps=eps,
+            steps=steps,
+            step_size=step_size if step_size else eps / 4,
+            seed=seed,
+            batch_size=batch_size,
+            clean_correct=c,
+            name=f"a7-ra-off-pgd-{steps}",
+            device=x.device,
+        )
     p.group, p.in_worst_case, p.x_adv = "ablation", False, None
     return [clean_res, p]
 

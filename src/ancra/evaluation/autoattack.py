@@ -1,6 +1,6 @@
 """AutoAttack and its component attacks through the reference implementation (``pyautoattack``).
 
-EVALUATION.md section 1 requires the reference AutoAttack (PyPI ``pyautoattack`` 0.2.0, Croce &
+docs/EVALUATION.md, "Standard suite" requires the reference AutoAttack (PyPI ``pyautoattack`` 0.2.0, Croce &
 Hein's code; the import name is ``pyautoattack``, not ``autoattack``). Its API::
 
     AutoAttack(model, norm='Linf', eps=..., version='standard', device=..., seed=...)
@@ -48,7 +48,7 @@ try:  # the reference AutoAttack (MIT): PyPI "pyautoattack", module "pyautoattac
 except ImportError:  # pragma: no cover - exercised only without the optional dependency
     _pyaa = None
 
-#: AutoAttack's standard attack list (EVALUATION.md section 1) and the quick variant.
+#: AutoAttack's standard attack list (docs/EVALUATION.md, "Standard suite") and the quick variant.
 STANDARD_ATTACKS = ["apgd-ce", "apgd-t", "fab-t", "square"]
 QUICK_ATTACKS = ["apgd-ce", "apgd-t"]
 
@@ -135,8 +135,10 @@ def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str:
 
 def require_autoattack() -> None:
     if _pyaa is None:
-        raise UserError("the evaluation needs the reference AutoAttack: pip install 'pyautoattack==0.2.0' "
-                        "(or pip install 'ancra[eval]')")
+        raise UserError(
+            "the evaluation needs the reference AutoAttack: pip install 'pyautoattack==0.2.0' "
+            "(or pip install 'ancra[eval]')"
+        )
 
 
 def autoattack_version() -> str | None:
@@ -212,8 +214,10 @@ def _flags_from_records(records, prefix: str) -> list[str]:
         code = next((c for pat, c in _CHECK_PATTERNS if pat in msg), "aa_warning")
         first.setdefault(code, msg)
         count[code] = count.get(code, 0) + 1
-    return [f"{code}: AutoAttack check on {prefix}: {msg}" + (f" (warned {count[code]} times)" if count[code] > 1 else "")
-            for code, msg in first.items()]
+    return [
+        f"{code}: AutoAttack check on {prefix}: {msg}" + (f" (warned {count[code]} times)" if count[code] > 1 else "")
+        for code, msg in first.items()
+    ]
 
 
 def run_autoattack(
@@ -280,8 +284,10 @@ def run_autoattack(
         attacks_run = list(aa.attacks_to_run)
         state_path = result_path = None
         if out_dir is not None and same_forward:
-            tag = (f"{name}_{version}_{'-'.join(attacks_run)}_it{aa.apgd.n_iter}_t{aa.apgd_targeted.n_target_classes}"
-                   f"_q{aa.square.n_queries}_eps{eps:.6g}_n{len(x)}_seed{seed}_{fingerprint(model, x, y)}")
+            tag = (
+                f"{name}_{version}_{'-'.join(attacks_run)}_it{aa.apgd.n_iter}_t{aa.apgd_targeted.n_target_classes}"
+                f"_q{aa.square.n_queries}_eps{eps:.6g}_n{len(x)}_seed{seed}_{fingerprint(model, x, y)}"
+            )
             tag = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
             state_path = Path(out_dir) / f"aa_state_{tag}.json"
             result_path = Path(out_dir) / f"aa_result_{tag}.pt"
@@ -310,9 +316,16 @@ def run_autoattack(
                     x_adv = None
             cap_records, seconds = cap.records, t.seconds
             if result_path is not None and x_adv is not None:
-                torch.save({"x_adv": x_adv.detach().cpu(), "seconds": seconds,
-                            "log": [{"levelno": r.levelno, "levelname": r.levelname, "msg": r.getMessage()}
-                                    for r in cap_records]}, result_path)
+                torch.save(
+                    {
+                        "x_adv": x_adv.detach().cpu(),
+                        "seconds": seconds,
+                        "log": [
+                            {"levelno": r.levelno, "levelname": r.levelname, "msg": r.getMessage()} for r in cap_records
+                        ],
+                    },
+                    result_path,
+                )
     lines = [r.getMessage() for r in cap_records]
     if out_dir is not None:
         log_path = Path(out_dir) / f"{name}.log"
@@ -352,9 +365,19 @@ def run_autoattack(
     return AttackResult(name, robust, correct, seconds, group, kind, info=info, x_adv=x_adv)
 
 
-def apgd(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, loss: str = "ce",
-         n_iter: int = 100, restarts: int = 1, seed: int = 0, batch_size: int = 256,
-         device="cpu") -> torch.Tensor:
+def apgd(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    loss: str = "ce",
+    n_iter: int = 100,
+    restarts: int = 1,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> torch.Tensor:
     """Reference untargeted APGD (``ce`` or ``dlr``) on ``module``; returns adversarial inputs.
 
     APGD keeps, per example, the last iterate that fooled ``module`` (else the clean input), so the
@@ -363,14 +386,25 @@ def apgd(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, los
     out = []
     with attack_mode(module):
         for s in batches(len(x), batch_size):
-            atk = APGDAttack(module, n_iter=n_iter, norm="Linf", n_restarts=restarts, eps=eps, seed=seed,
-                             loss=loss, device=device)
+            atk = APGDAttack(
+                module, n_iter=n_iter, norm="Linf", n_restarts=restarts, eps=eps, seed=seed, loss=loss, device=device
+            )
             out.append(atk.perturb(x[s], y[s]).detach())
     return torch.cat(out) if out else x.clone()
 
 
-def apgd_targeted_to(module: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int, *, eps: float,
-                     n_iter: int = 100, seed: int = 0, batch_size: int = 256, device="cpu") -> list[torch.Tensor]:
+def apgd_targeted_to(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: int,
+    *,
+    eps: float,
+    n_iter: int = 100,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> list[torch.Tensor]:
     """Reference APGD descending the CE to a *chosen* class ``target`` (A4 branch enumeration).
 
     ``APGDAttack_targeted.perturb`` picks its own targets from the ranking of the output, so this
@@ -382,8 +416,9 @@ def apgd_targeted_to(module: nn.Module, x: torch.Tensor, y: torch.Tensor, target
     with attack_mode(module):
         for s in batches(len(x), batch_size):
             xs, ys = x[s].detach().clone(), y[s].detach().clone()
-            atk = APGDAttack_targeted(module, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed,
-                                      device=device)
+            atk = APGDAttack_targeted(
+                module, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, device=device
+            )
             atk.loss = "ce-targeted"
             atk.init_hyperparam(xs)
             atk.y_target = torch.full_like(ys, int(target))
@@ -396,8 +431,18 @@ def apgd_targeted_to(module: nn.Module, x: torch.Tensor, y: torch.Tensor, target
     return [torch.cat(best), torch.cat(fooled)]
 
 
-def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n_queries: int = 5000,
-           restarts: int = 1, seed: int = 0, batch_size: int = 256, device="cpu") -> torch.Tensor:
+def square(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    n_queries: int = 5000,
+    restarts: int = 1,
+    seed: int = 0,
+    batch_size: int = 256,
+    device="cpu",
+) -> torch.Tensor:
     """Reference Square Attack (margin loss, ``p_init=0.8``) on ``model``; the query schedule is
     rescaled to ``n_queries`` (``resc_schedule=True``) so 500 or 20000 queries both use the
     whole schedule."""
@@ -405,9 +450,18 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, n_
     out = []
     with attack_mode(model), torch.no_grad():
         for s in batches(len(x), batch_size):
-            atk = SquareAttack(model, p_init=0.8, n_queries=int(n_queries), eps=eps, norm="Linf",
-                               n_restarts=restarts, seed=seed, verbose=False, device=device,
-                               resc_schedule=True)
+            atk = SquareAttack(
+                model,
+                p_init=0.8,
+                n_queries=int(n_queries),
+                eps=eps,
+                norm="Linf",
+                n_restarts=restarts,
+                seed=seed,
+                verbose=False,
+                device=device,
+                resc_schedule=True,
+            )
             out.append(atk.perturb(x[s], y[s]).detach())
     return torch.cat(out) if out else x.clone()
 
@@ -417,5 +471,13 @@ def n_classes(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
-__all__ = ["run_autoattack", "apgd", "apgd_targeted_to", "square", "autoattack_version", "parse_log",
-           "STANDARD_ATTACKS", "QUICK_ATTACKS"]
+__all__ = [
+    "run_autoattack",
+    "apgd",
+    "apgd_targeted_to",
+    "square",
+    "autoattack_version",
+    "parse_log",
+    "STANDARD_ATTACKS",
+    "QUICK_ATTACKS",
+]

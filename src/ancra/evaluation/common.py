@@ -1,6 +1,6 @@
 """Shared pieces of the evaluation: per-example results, batching, seeding, progress lines.
 
-Every attack of every suite (EVALUATION.md sections 1-3) produces an :class:`AttackResult` whose
+Every attack of every suite (docs/EVALUATION.md) produces an :class:`AttackResult` whose
 core is a per-example boolean tensor ``robust`` of shape ``(N,)``. Accuracies are derived from
 these tensors only (as fp32 means), and so is the per-example worst case: keeping the booleans
 (rather than accuracies) is what lets shards of a multi-process evaluation be concatenated and
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..attacks import attack_mode
 
-#: kinds of attacks, used by the sanity checks (EVALUATION.md section 3) to compare families:
+#: kinds of attacks, used by the sanity checks (docs/EVALUATION.md, "Sanity checks") to compare families:
 #: ``whitebox`` uses the real model's own gradients (or an exact-forward BPDA wrapper of it),
 #: ``surrogate`` takes gradients from a modified copy of the same weights (aux heads, soft or
 #: fixed gates) and judges the examples on the real model, ``transfer`` takes them from another
@@ -69,8 +69,14 @@ class AttackResult:
 
     def meta(self) -> dict:
         """Everything but the tensors, for ``report.json`` and ``per_example.pt``."""
-        return {"group": self.group, "kind": self.kind, "in_worst_case": self.in_worst_case,
-                "cascade": self.cascade, "seconds": round(self.seconds, 3), "info": self.info}
+        return {
+            "group": self.group,
+            "kind": self.kind,
+            "in_worst_case": self.in_worst_case,
+            "cascade": self.cascade,
+            "seconds": round(self.seconds, 3),
+            "info": self.info,
+        }
 
 
 def acc(mask: torch.Tensor) -> float:
@@ -88,7 +94,7 @@ def worst_case(pe: dict[str, torch.Tensor], attacks: dict[str, dict]) -> torch.T
 
 
 def tolerance(n: int) -> float:
-    """Accuracy difference treated as noise by the sanity checks: 0.5 pt (EVALUATION.md section 3)
+    """Accuracy difference treated as noise by the sanity checks: 0.5 pt (docs/EVALUATION.md, "Sanity checks")
     or one example, whichever is larger (on a 64-example subset one example is 1.6 pt)."""
     return max(0.005, 1.0 / max(n, 1)) + 1e-9
 
@@ -107,12 +113,6 @@ def predict(model: nn.Module | Callable, x: torch.Tensor, batch_size: int) -> to
     return torch.cat([model(x[s]).argmax(1) for s in batches(len(x), batch_size)])
 
 
-@torch.no_grad()
-def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with attack_mode(model):
-        return torch.cat([model(x[s]) for s in batches(len(x), batch_size)])
-
-
 def generator(seed: int, device: torch.device | str) -> torch.Generator:
     """A generator seeded with ``seed`` on ``device`` (random starts of our PGD)."""
     return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
@@ -120,13 +120,13 @@ def generator(seed: int, device: torch.device | str) -> torch.Generator:
 
 def is_ra_model(model: nn.Module) -> bool:
     """True for an :class:`~ancra.models.ra.RANet` with at least one Reverse-Attention block:
-    those get the adaptive attacks A1-A5 and A7-A8 (EVALUATION.md section 2)."""
+    those get the adaptive attacks A1-A5 and A7-A8 (docs/EVALUATION.md, "Adaptive attacks")."""
     from ..models.ra import RANet
 
     return isinstance(model, RANet) and int(getattr(model, "ra_blocks", 0)) > 0
 
 
-class Progress:
+class EvalLog:
     """One line per attack on stderr: ``[eval] pgd-20: acc 41.25% (cumulative 39.1%) 12.3 s``."""
 
     def __init__(self, enabled: bool = True, stream=None) -> None:

@@ -1,4 +1,4 @@
-"""Reports, EVALUATION.md section 4: ``report.json`` (RobustBench-like keys), ``report.md``,
+"""Reports, docs/EVALUATION.md, "Reports": ``report.json`` (RobustBench-like keys), ``report.md``,
 ``acc_vs_eps.png``, ``acc_vs_steps.png`` and ``per_example.pt``.
 
 Everything in a report is computed from per-example tensors (``clean``, ``robust/<attack>``,
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.registry import find_dataset
 from .common import acc, worst_case
 from .sanity import sanity_flags
-from .standard import CIFAR_LIKE
 
 PER_EXAMPLE = "per_example.pt"
 
@@ -42,16 +42,28 @@ def software_versions() -> dict:
         mpl = matplotlib.__version__
     except ImportError:  # pragma: no cover
         mpl = None
-    return {"ancra": ancra_version, "torch": str(torch.__version__), "pyautoattack": autoattack_version(),
-            "numpy": numpy.__version__, "matplotlib": mpl, "python": platform.python_version()}
+    return {
+        "ancra": ancra_version,
+        "torch": str(torch.__version__),
+        "pyautoattack": autoattack_version(),
+        "numpy": numpy.__version__,
+        "matplotlib": mpl,
+        "python": platform.python_version(),
+    }
 
 
 def _stats(t: torch.Tensor) -> dict | None:
     if t.numel() == 0:
         return None
     t = t.float()
-    return {"mean": float(t.mean()), "median": float(t.median()), "min": float(t.min()), "max": float(t.max()),
-            "q10": float(t.quantile(0.1)), "q90": float(t.quantile(0.9))}
+    return {
+        "mean": float(t.mean()),
+        "median": float(t.median()),
+        "min": float(t.min()),
+        "max": float(t.max()),
+        "q10": float(t.quantile(0.1)),
+        "q90": float(t.quantile(0.9)),
+    }
 
 
 def diagnostics(pe: dict[str, torch.Tensor]) -> dict:
@@ -95,7 +107,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "threat_model": "Linf",
         "eps": eps_fraction(eps),
         "eps_value": eps,
-        "eps_255": round(eps * 255, 3) if dataset.lower() in CIFAR_LIKE else None,
+        "eps_255": round(eps * 255, 3) if getattr(find_dataset(dataset), "eps_in_255", False) else None,
         "architecture": (spec or {}).get("name") if spec else context.get("architecture"),
         "model_spec": spec,
         "is_ra_model": context.get("is_ra_model"),
@@ -107,9 +119,23 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "checkpoint_hash": (context.get("meta") or {}).get("checkpoint_hash"),
         "clean_acc": acc(pe["clean"]),
         "autoattack_acc": table.get("autoattack", {}).get("acc"),
-        "autoattack": {k: aa_info.get(k) for k in ("version", "attacks", "apgd_n_iter", "apgd_t_targets",
-                                                     "fab_t_targets", "square_queries", "quick",
-                                                     "component_acc", "perturbed", "state_file")} if aa_info else None,
+        "autoattack": {
+            k: aa_info.get(k)
+            for k in (
+                "version",
+                "attacks",
+                "apgd_n_iter",
+                "apgd_t_targets",
+                "fab_t_targets",
+                "square_queries",
+                "quick",
+                "component_acc",
+                "perturbed",
+                "state_file",
+            )
+        }
+        if aa_info
+        else None,
         "worst_case_acc": acc(worst),
         "worst_case_over": in_wc,
         "standard_worst_case_acc": acc(torch.stack([pe[f"robust/{k}"] for k in std]).all(0)) if std else None,
@@ -136,9 +162,12 @@ def to_markdown(r: dict) -> str:
     lines = [
         f"# Robustness report: {r.get('architecture') or 'model'} on {r['dataset']}",
         "",
-        f"- threat model: L-inf, eps = {r['eps']}" + (f" ({r['eps_255']:g}/255)" if r.get("eps_255") else "")
-        + f"; n_examples = {r['n_examples']}" + (f" ({r['subset']})" if r.get("subset") else ""),
-        f"- suite: {r['suite']}" + (" (QUICK settings: not a headline number)" if r.get("quick") else "")
+        f"- threat model: L-inf, eps = {r['eps']}"
+        + (f" ({r['eps_255']:g}/255)" if r.get("eps_255") else "")
+        + f"; n_examples = {r['n_examples']}"
+        + (f" ({r['subset']})" if r.get("subset") else ""),
+        f"- suite: {r['suite']}"
+        + (" (QUICK settings: not a headline number)" if r.get("quick") else "")
         + f"; seed {r['seed']}; checkpoint {r.get('checkpoint_hash') or '-'}",
         f"- **clean {_pct(r['clean_acc'])}%, AutoAttack {_pct(r['autoattack_acc'])}%, "
         f"worst case {_pct(r['worst_case_acc'])}%** (per-example minimum over {len(r['worst_case_over'])} attacks)",
@@ -151,12 +180,19 @@ def to_markdown(r: dict) -> str:
         ba = f"{info['broken']} / {info['attacked']}" if v.get("cascade") else ""
         acc_s = _pct(v["acc"]) + (" (cum.)" if v.get("cascade") else "")
         lines.append(f"| {k} | {v['group']} | {v['kind']} | {acc_s} | {ba} | {v.get('seconds', 0):.1f} |")
-    lines += ["", "Cascade attacks (cum.) only attack the examples that survived every earlier attack; their "
-              "accuracy is the running per-example worst case.", ""]
+    lines += [
+        "",
+        "Cascade attacks (cum.) only attack the examples that survived every earlier attack; their "
+        "accuracy is the running per-example worst case.",
+        "",
+    ]
     aa = r.get("autoattack")
     if aa:
-        lines += [f"AutoAttack: version `{aa['version']}`, attacks {', '.join(aa['attacks'] or [])}"
-                  + (" (quick)" if aa.get("quick") else ""), ""]
+        lines += [
+            f"AutoAttack: version `{aa['version']}`, attacks {', '.join(aa['attacks'] or [])}"
+            + (" (quick)" if aa.get("quick") else ""),
+            "",
+        ]
     lines += ["## Flags", ""]
     lines += [f"- {f}" for f in r["flags"]] or ["- none"]
     d = r.get("diagnostics") or {}
@@ -170,14 +206,24 @@ def to_markdown(r: dict) -> str:
             lines.append(f"- {k}: {v}")
     s = r.get("sanity") or {}
     if s.get("acc_vs_eps"):
-        lines += ["", "## Accuracy vs eps", "", "| attack | " + " | ".join(next(iter(s["acc_vs_eps"].values())).keys()) + " |",
-                  "|---|" + "---:|" * len(next(iter(s["acc_vs_eps"].values())))]
+        lines += [
+            "",
+            "## Accuracy vs eps",
+            "",
+            "| attack | " + " | ".join(next(iter(s["acc_vs_eps"].values())).keys()) + " |",
+            "|---|" + "---:|" * len(next(iter(s["acc_vs_eps"].values()))),
+        ]
         for a, dd in s["acc_vs_eps"].items():
             lines.append(f"| {a} | " + " | ".join(_pct(v) for v in dd.values()) + " |")
     if s.get("acc_vs_steps"):
-        lines += ["", "## PGD accuracy vs steps", "", "| steps | " + " | ".join(str(k) for k in s["acc_vs_steps"]) + " |",
-                  "|---|" + "---:|" * len(s["acc_vs_steps"]),
-                  "| acc (%) | " + " | ".join(_pct(v) for v in s["acc_vs_steps"].values()) + " |"]
+        lines += [
+            "",
+            "## PGD accuracy vs steps",
+            "",
+            "| steps | " + " | ".join(str(k) for k in s["acc_vs_steps"]) + " |",
+            "|---|" + "---:|" * len(s["acc_vs_steps"]),
+            "| acc (%) | " + " | ".join(_pct(v) for v in s["acc_vs_steps"].values()) + " |",
+        ]
     if r.get("ablation"):
         lines += ["", "## Ablation A7 (RA off; not in the worst case)", ""]
         lines += [f"- {k}: {_pct(v)}%" for k, v in r["ablation"].items()]
@@ -191,38 +237,29 @@ def to_markdown(r: dict) -> str:
 
 
 def plot(report: dict, out_dir: Path) -> list[Path]:
-    """``acc_vs_eps.png`` and ``acc_vs_steps.png`` (matplotlib, Agg backend)."""
-    import matplotlib
+    """``acc_vs_eps.png`` (the shared :func:`ancra.plots.plot_acc_vs_eps`) and ``acc_vs_steps.png``."""
+    from ..data.registry import find_dataset
+    from ..plots import plot_acc_vs_eps, pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     s = report.get("sanity") or {}
-    cifar = report["dataset"].lower() in CIFAR_LIKE
-    scale, unit = (255.0, "eps (L-inf, in 1/255)") if cifar else (1.0, "eps (L-inf, pixel range [0, 1])")
     title_tail = f"{report.get('architecture') or 'model'}, {report['dataset']}, n={report['n_examples']}"
-    paths = []
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     labels = {"pgd": "PGD (CE, plain gradient of model(x))", "adaptive": "adaptive PGD (BPDA gate, all heads)"}
-    for atk, d in (s.get("acc_vs_eps") or {}).items():
-        es = [float(e) * scale for e in d]
-        ax.plot(es, [100 * v for v in d.values()], marker="o", label=labels.get(atk, atk))
-    ax.axvline(report["eps_value"] * scale, color="grey", ls="--", lw=1, label=f"evaluation eps = {report['eps']}")
-    if report.get("worst_case_acc") is not None:
-        ax.scatter([report["eps_value"] * scale], [100 * report["worst_case_acc"]], color="red", zorder=5,
-                   label="worst case (all attacks)")
-    ax.set_xlabel(unit)
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"Accuracy vs perturbation budget\n{title_tail}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = out_dir / "acc_vs_eps.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    curves = {
+        labels.get(atk, atk): ([float(e) for e in d], list(d.values()))
+        for atk, d in (s.get("acc_vs_eps") or {}).items()
+    }
+    worst = report.get("worst_case_acc")
+    paths = [
+        plot_acc_vs_eps(
+            curves,
+            out_dir / "acc_vs_eps.png",
+            eps_in_255=getattr(find_dataset(report["dataset"]), "eps_in_255", False),
+            eval_eps=[report["eps_value"]],
+            worst_case=None if worst is None else (report["eps_value"], worst),
+            subtitle=title_tail,
+        )
+    ]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     st = s.get("acc_vs_steps") or {}
@@ -280,8 +317,14 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _jsonable(build_report(pe, attacks, context))
-    torch.save({"tensors": {k: v.detach().cpu() for k, v in pe.items()}, "attacks": _jsonable(attacks),
-                "context": _jsonable(context)}, out_dir / PER_EXAMPLE)
+    torch.save(
+        {
+            "tensors": {k: v.detach().cpu() for k, v in pe.items()},
+            "attacks": _jsonable(attacks),
+            "context": _jsonable(context),
+        },
+        out_dir / PER_EXAMPLE,
+    )
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(to_markdown(report))
     plot(report, out_dir)

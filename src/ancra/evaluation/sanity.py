@@ -1,4 +1,4 @@
-"""Sanity checks of EVALUATION.md section 3: run the extra attacks they need and turn them into flags.
+"""Sanity checks of docs/EVALUATION.md, "Sanity checks": run the extra attacks they need and turn them into flags.
 
 | check | healthy | flag |
 |---|---|---|
@@ -26,23 +26,28 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data.registry import find_dataset
 from .common import acc, batches, generator, is_ra_model, predict, tolerance, worst_case
-from .standard import CIFAR_LIKE, pgd_attack
+from .standard import pgd_attack
 
-LARGE_EPS = {"fmnist": 0.5}
 #: per-example tensor key prefixes
 EPS_KEY, STEPS_KEY, RESTARTS_KEY, UNBOUNDED_KEY = "curve/eps", "curve/steps", "curve/restarts", "unbounded"
 
 
 def large_eps(dataset: str) -> float:
-    """The end of the accuracy-vs-eps sweep: 0.5 on F-MNIST, 64/255 on CIFAR-like data."""
-    return LARGE_EPS.get(dataset.lower(), 64 / 255)
+    """The end of the accuracy-vs-eps sweep: 0.5 on F-MNIST, 64/255 on CIFAR-like data.
+
+    From the registry (:attr:`~ancra.data.registry.DatasetInfo.large_eps`); 64/255 for a name it
+    does not know."""
+    info = find_dataset(dataset)
+    return info.large_eps if info is not None else 64 / 255
 
 
 def eps_grid(eps: float, dataset: str, quick: bool = False) -> list[float]:
     """Budgets of the sweep: fractions and multiples of ``eps`` up to :func:`large_eps`."""
     top = max(large_eps(dataset), eps)
-    if dataset.lower() in CIFAR_LIKE:
+    info = find_dataset(dataset)
+    if info is not None and info.eps_in_255:  # a /255 grid; unknown names get the multiples of eps
         grid = [v / 255 for v in (2, 4, 8, 16, 32, 64)] + [eps]
     else:
         grid = [eps / 4, eps / 2, eps, 2 * eps, 3 * eps, top]
@@ -67,14 +72,29 @@ def _adaptive_curve_attack(model, x, y, eps, steps, batch_size, seed):
                 final, aux = view.heads(xa)
                 ce = sum(F.cross_entropy(h, yb[i], reduction="none") for h in [final, *aux])
                 return ce, final
+
             found, _ = judged_pgd(obj, model, x[s], yb, eps=eps, steps=steps, generator=gen)
             out.append(found)
     return torch.cat(out)
 
 
-def run_sanity(model, x, y, *, eps: float, dataset: str, clean_correct: torch.Tensor, have: dict | None = None,
-               quick: bool = False, adaptive: bool = False, batch_size: int = 256, seed: int = 0,
-               step_size: float | None = None, echo=None, ra_model=None) -> dict[str, torch.Tensor]:
+def run_sanity(
+    model,
+    x,
+    y,
+    *,
+    eps: float,
+    dataset: str,
+    clean_correct: torch.Tensor,
+    have: dict | None = None,
+    quick: bool = False,
+    adaptive: bool = False,
+    batch_size: int = 256,
+    seed: int = 0,
+    step_size: float | None = None,
+    echo=None,
+    ra_model=None,
+) -> dict[str, torch.Tensor]:
     """Run the attacks of the sanity checks; returns per-example tensors (see module docstring).
 
     Args:
@@ -95,8 +115,18 @@ def run_sanity(model, x, y, *, eps: float, dataset: str, clean_correct: torch.Te
 
     # accuracy vs eps (plain PGD; adaptive curve for RA models)
     for e in eps_grid(eps, dataset, quick):
-        r = pgd_attack(model, x, y, eps=e, steps=steps_sweep, step_size=e / 4, seed=seed, batch_size=batch_size,
-                       clean_correct=clean_correct, device=x.device)
+        r = pgd_attack(
+            model,
+            x,
+            y,
+            eps=e,
+            steps=steps_sweep,
+            step_size=e / 4,
+            seed=seed,
+            batch_size=batch_size,
+            clean_correct=clean_correct,
+            device=x.device,
+        )
         out[f"{EPS_KEY}/pgd/{e:g}"] = r.robust
         msg = f"sanity eps={e:g}: PGD-{steps_sweep} acc {r.acc:.2%}"
         if adaptive:
@@ -108,8 +138,18 @@ def run_sanity(model, x, y, *, eps: float, dataset: str, clean_correct: torch.Te
 
     # unbounded attack: eps = 1 can draw any image; every example must fall
     steps_unb = 10 if quick else 20
-    r = pgd_attack(model, x, y, eps=1.0, steps=steps_unb, step_size=0.25, seed=seed, batch_size=batch_size,
-                   clean_correct=clean_correct, device=x.device)
+    r = pgd_attack(
+        model,
+        x,
+        y,
+        eps=1.0,
+        steps=steps_unb,
+        step_size=0.25,
+        seed=seed,
+        batch_size=batch_size,
+        clean_correct=clean_correct,
+        device=x.device,
+    )
     out[f"{UNBOUNDED_KEY}/pgd"] = r.correct
     msg = f"sanity unbounded eps=1: PGD success {1 - acc(r.correct):.2%}"
     if adaptive:
@@ -125,18 +165,44 @@ def run_sanity(model, x, y, *, eps: float, dataset: str, clean_correct: torch.Te
         if name in have:
             rob = have[name].robust
         else:
-            rob = pgd_attack(model, x, y, eps=eps, steps=k, step_size=step_size, seed=seed, batch_size=batch_size,
-                             clean_correct=clean_correct, dataset=dataset, device=x.device).robust
+            rob = pgd_attack(
+                model,
+                x,
+                y,
+                eps=eps,
+                steps=k,
+                step_size=step_size,
+                seed=seed,
+                batch_size=batch_size,
+                clean_correct=clean_correct,
+                dataset=dataset,
+                device=x.device,
+            ).robust
         out[f"{STEPS_KEY}/{k}"] = rob
     # restarts: R more random starts (another seed) on top of the PGD-20 run above, so the curve
     # compares PGD-20 with the per-example worst case of R+1 restarts (restarts can only help)
     more = 1 if quick else 4
-    r = pgd_attack(model, x, y, eps=eps, steps=20, step_size=step_size, restarts=more, seed=seed + 1,
-                   batch_size=batch_size, clean_correct=clean_correct, dataset=dataset, device=x.device)
+    r = pgd_attack(
+        model,
+        x,
+        y,
+        eps=eps,
+        steps=20,
+        step_size=step_size,
+        restarts=more,
+        seed=seed + 1,
+        batch_size=batch_size,
+        clean_correct=clean_correct,
+        dataset=dataset,
+        device=x.device,
+    )
     rob = r.robust & out[f"{STEPS_KEY}/20"]
     out[f"{RESTARTS_KEY}/{more + 1}"] = rob
-    log("sanity steps: " + ", ".join(f"{k}: {acc(out[f'{STEPS_KEY}/{k}']):.2%}" for k in step_list)
-        + f"; PGD-20 x{more + 1} restarts: {acc(rob):.2%}")
+    log(
+        "sanity steps: "
+        + ", ".join(f"{k}: {acc(out[f'{STEPS_KEY}/{k}']):.2%}" for k in step_list)
+        + f"; PGD-20 x{more + 1} restarts: {acc(rob):.2%}"
+    )
     return out
 
 
@@ -160,7 +226,9 @@ def curves(pe: dict[str, torch.Tensor]) -> dict:
     return res
 
 
-def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, dataset: str, eps: float) -> tuple[list[str], dict]:
+def sanity_flags(
+    pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, dataset: str, eps: float
+) -> tuple[list[str], dict]:
     """Flags (``"code: explanation"``) and a summary of the section-3 checks.
 
     ``pe`` holds the per-example tensors (``clean``, ``robust/<attack>``, ``correct/<attack>``,
@@ -171,9 +239,14 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
     summary: dict = {"tolerance": tol}
     clean_acc = acc(pe["clean"])
     c = curves(pe)
-    summary.update({"acc_vs_eps": {a: {f"{e:g}": v for e, v in d.items()} for a, d in c["eps"].items()},
-                    "acc_vs_steps": c["steps"], "acc_vs_restarts": c["restarts"],
-                    "unbounded_success": c["unbounded_success"]})
+    summary.update(
+        {
+            "acc_vs_eps": {a: {f"{e:g}": v for e, v in d.items()} for a, d in c["eps"].items()},
+            "acc_vs_steps": c["steps"],
+            "acc_vs_restarts": c["restarts"],
+            "unbounded_success": c["unbounded_success"],
+        }
+    )
 
     def a(name):
         key = f"robust/{name}"
@@ -184,24 +257,32 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
         es, accs = list(d), list(d.values())
         for i in range(1, len(accs)):
             if accs[i] > accs[i - 1] + tol:
-                flags.append(f"eps_not_monotone: {atk} accuracy rises from {accs[i-1]:.1%} at eps={es[i-1]:g} to "
-                             f"{accs[i]:.1%} at eps={es[i]:g} (a correct attack only gets stronger with eps)")
+                flags.append(
+                    f"eps_not_monotone: {atk} accuracy rises from {accs[i - 1]:.1%} at eps={es[i - 1]:g} to "
+                    f"{accs[i]:.1%} at eps={es[i]:g} (a correct attack only gets stronger with eps)"
+                )
                 break
         if accs and accs[-1] > max(0.01, 1.0 / n) + 1e-9:
             other = [f"; the {b} curve reaches {list(dd.values())[-1]:.1%}" for b, dd in c["eps"].items() if b != atk]
-            flags.append(f"eps_plateau: {atk} accuracy at eps={es[-1]:g} is {accs[-1]:.1%}, not ~0 "
-                         f"(plateau above 0: gradient masking or a too weak attack{''.join(other)})")
+            flags.append(
+                f"eps_plateau: {atk} accuracy at eps={es[-1]:g} is {accs[-1]:.1%}, not ~0 "
+                f"(plateau above 0: gradient masking or a too weak attack{''.join(other)})"
+            )
     # 2. unbounded attack
     for atk, rate in c["unbounded_success"].items():
         if rate < 1.0:
             other = [f"; {b} reaches {r:.1%}" for b, r in c["unbounded_success"].items() if b != atk]
-            flags.append(f"unbounded_below_100: {atk} at eps=1 succeeds on only {rate:.1%} of the examples "
-                         f"(an unbounded attack must reach 100%: the gradient does not lead anywhere{''.join(other)})")
+            flags.append(
+                f"unbounded_below_100: {atk} at eps=1 succeeds on only {rate:.1%} of the examples "
+                f"(an unbounded attack must reach 100%: the gradient does not lead anywhere{''.join(other)})"
+            )
     # 3. FGSM >= PGD >= APGD
     fg, pg = a("fgsm"), a("pgd-40") if a("pgd-40") is not None else a("pgd-20")
     if fg is not None and pg is not None and fg < pg - tol:
-        flags.append(f"fgsm_stronger_than_pgd: FGSM accuracy {fg:.1%} < PGD {pg:.1%} "
-                     f"(single-step stronger than iterative: gradient masking)")
+        flags.append(
+            f"fgsm_stronger_than_pgd: FGSM accuracy {fg:.1%} < PGD {pg:.1%} "
+            f"(single-step stronger than iterative: gradient masking)"
+        )
     apgd_acc = None
     for name, m in attacks.items():
         if name == "autoattack":
@@ -209,22 +290,28 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
             apgd_acc = comp.get("apgd-ce")
     summary["apgd_ce_acc"] = apgd_acc
     if pg is not None and apgd_acc is not None and pg < apgd_acc - tol:
-        flags.append(f"pgd_stronger_than_apgd: PGD accuracy {pg:.1%} < APGD-CE {apgd_acc:.1%} "
-                     f"(APGD should be at least as strong)")
+        flags.append(
+            f"pgd_stronger_than_apgd: PGD accuracy {pg:.1%} < APGD-CE {apgd_acc:.1%} "
+            f"(APGD should be at least as strong)"
+        )
     # 4. PGD <= clean (raw accuracy on the adversarial inputs, without the AND with clean)
     for name in ("pgd-20", "pgd-40"):
         key = f"correct/{name}"
         if key in pe and acc(pe[key]) > clean_acc + tol:
-            flags.append(f"pgd_above_clean: {name} accuracy on its adversarial inputs {acc(pe[key]):.1%} > clean "
-                         f"{clean_acc:.1%} (the attack repairs misclassified inputs: broken gradients)")
+            flags.append(
+                f"pgd_above_clean: {name} accuracy on its adversarial inputs {acc(pe[key]):.1%} > clean "
+                f"{clean_acc:.1%} (the attack repairs misclassified inputs: broken gradients)"
+            )
     # 5. more steps / restarts
     steps = c["steps"]
     if len(steps) >= 2:
         ks = list(steps)
         ref = 40 if 40 in steps else ks[-2]
         if steps[ref] - steps[ks[-1]] > tol and ks[-1] != ref:
-            flags.append(f"pgd_keeps_dropping: PGD accuracy {steps[ref]:.1%} at {ref} steps -> {steps[ks[-1]]:.1%} "
-                         f"at {ks[-1]} steps (not converged)")
+            flags.append(
+                f"pgd_keeps_dropping: PGD accuracy {steps[ref]:.1%} at {ref} steps -> {steps[ks[-1]]:.1%} "
+                f"at {ks[-1]} steps (not converged)"
+            )
     if c["restarts"] and 20 in steps:
         r, v = next(iter(c["restarts"].items()))
         if steps[20] - v > tol:
@@ -235,15 +322,18 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
         info = m.get("info", {})
         if m.get("cascade") and m.get("kind") in ("blackbox", "transfer") and info.get("broken", 0) > limit:
             what = "square_beats_whitebox" if m["kind"] == "blackbox" else "transfer_beats_whitebox"
-            flags.append(f"{what}: {name} broke {info['broken']} of the {info.get('attacked')} examples that "
-                         f"survived every gradient-based attack (gradients of the model are not informative)")
+            flags.append(
+                f"{what}: {name} broke {info['broken']} of the {info.get('attacked')} examples that "
+                f"survived every gradient-based attack (gradients of the model are not informative)"
+            )
         if name == "autoattack":
             sq = info.get("perturbed", {}).get("square", 0)
             if sq > limit:
-                flags.append(f"square_beats_whitebox: AutoAttack's Square broke {sq} examples that survived "
-                             f"APGD-CE/APGD-T/FAB-T")
+                flags.append(
+                    f"square_beats_whitebox: AutoAttack's Square broke {sq} examples that survived APGD-CE/APGD-T/FAB-T"
+                )
     # AutoAttack's own checks
-    for name, m in attacks.items():
+    for m in attacks.values():
         for f in m.get("info", {}).get("flags", []):
             if f not in flags:
                 flags.append(f)
@@ -252,13 +342,17 @@ def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, datas
         z = acc(pe["diag/grad_zero"])
         summary["zero_grad_fraction"] = z
         if z > 0:
-            flags.append(f"zero_gradients: {z:.1%} of the examples have an all-zero input gradient of the CE "
-                         f"(shattered gradients; gradient attacks cannot work there)")
+            flags.append(
+                f"zero_gradients: {z:.1%} of the examples have an all-zero input gradient of the CE "
+                f"(shattered gradients; gradient attacks cannot work there)"
+            )
     # AutoAttack vs adaptive worst case
     aa_acc = a("autoattack")
     if aa_acc is not None and any(attacks[k].get("group") == "adaptive" for k in attacks):
         worst = worst_case(pe, attacks)
         if acc(worst) < aa_acc - tol:
-            flags.append(f"autoattack_overestimates: adaptive attacks lower the accuracy from AutoAttack's "
-                         f"{aa_acc:.1%} to {acc(worst):.1%} (AutoAttack alone is not a valid evaluation of this model)")
+            flags.append(
+                f"autoattack_overestimates: adaptive attacks lower the accuracy from AutoAttack's "
+                f"{aa_acc:.1%} to {acc(worst):.1%} (AutoAttack alone is not a valid evaluation of this model)"
+            )
     return flags, summary

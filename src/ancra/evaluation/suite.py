@@ -1,14 +1,14 @@
-"""``evaluate``: run a suite of EVALUATION.md on a model and write the report.
+"""``evaluate``: run a suite of docs/EVALUATION.md on a model and write the report.
 
 Suites:
 
-* ``standard`` (section 1): clean, FGSM, PGD-20, PGD-40, CW-inf-30, AutoAttack.
-* ``adaptive`` (section 2): clean, FGSM, PGD-20 and AutoAttack, then the adaptive cascade A1-A6
+* ``standard`` ("Standard suite"): clean, FGSM, PGD-20, PGD-40, CW-inf-30, AutoAttack.
+* ``adaptive`` ("Adaptive attacks"): clean, FGSM, PGD-20 and AutoAttack, then the adaptive cascade A1-A6
   (RA models; A6 only for plain models), A7 ablation and A8 diagnostics. Headline of an RA model:
   the per-example minimum over AutoAttack and A1-A6 (``worst_case_acc``).
 * ``full``: both.
 
-The sanity checks of section 3 run with every suite (their extra attacks are cheap PGD runs).
+The sanity checks ("Sanity checks") run with every suite (their extra attacks are cheap PGD runs).
 The CLI calls ``load_model`` and then :func:`evaluate`; a multi-process evaluation runs shards of
 the test set with ``evaluate`` each and merges them with :func:`~.report.merge_reports`.
 """
@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..hardware import device_info
 from . import autoattack as aam
 from .adaptive import AdaptiveConfig, a7_ra_off, a8_diagnostics, run_adaptive
-from .common import AttackResult, Progress, is_ra_model, with_grad_path
+from .common import AttackResult, EvalLog, is_ra_model, with_grad_path
 from .report import software_versions, write_report
 from .sanity import run_sanity
 from .standard import clean, cw_attack, default_step, fgsm_attack, pgd_attack
@@ -50,8 +50,10 @@ def _check_inputs(model, x, y, suite, eps, batch_size, autoattack_version):
     if batch_size < 1:
         raise UserError("batch_size must be >= 1")
     if autoattack_version not in ("standard", "plus", "rand"):
-        raise UserError(f"unknown AutoAttack version {autoattack_version!r}: choose standard, plus or rand "
-                        "(quick=True runs the reduced custom version)")
+        raise UserError(
+            f"unknown AutoAttack version {autoattack_version!r}: choose standard, plus or rand "
+            "(quick=True runs the reduced custom version)"
+        )
 
 
 def evaluate(
@@ -109,12 +111,14 @@ def evaluate(
     x = x.detach().to(device, torch.float32)
     y = y.detach().to(device, torch.long)
     n = len(x)
-    log = Progress(progress)
+    log = EvalLog(progress)
     torch.manual_seed(seed)
     step = default_step(eps, dataset) if pgd_step is None else pgd_step
     ra = is_ra_model(model)
-    log(f"evaluating {type(model).__name__} ({'RA' if ra else 'no RA'}) on {n} examples, eps={eps:g}, "
-        f"suite={suite}{' (quick)' if quick else ''}")
+    log(
+        f"evaluating {type(model).__name__} ({'RA' if ra else 'no RA'}) on {n} examples, eps={eps:g}, "
+        f"suite={suite}{' (quick)' if quick else ''}"
+    )
 
     extra_flags: list[str] = []
     results: list[AttackResult] = []
@@ -140,28 +144,51 @@ def evaluate(
         # eval mode: wrappers mirror the model's mode when attack_mode() restores them.
         attacked, no_path = with_grad_path(model, x)
         if no_path:
-            extra_flags.append("no_gradient_path: model(x) has no autograd path to x (non-differentiable output); "
-                               "gradient attacks on it see zero gradients")
+            extra_flags.append(
+                "no_gradient_path: model(x) has no autograd path to x (non-differentiable output); "
+                "gradient attacks on it see zero gradients"
+            )
         clean_correct = add(clean(model, x, y, batch_size=batch_size)).robust
-        common = dict(eps=eps, batch_size=batch_size, clean_correct=clean_correct, seed=seed, dataset=dataset,
-                      device=device)
+        common = dict(
+            eps=eps, batch_size=batch_size, clean_correct=clean_correct, seed=seed, dataset=dataset, device=device
+        )
         have = {}
-        add(fgsm_attack(attacked, x, y, **common))
+        add(fgsm_attack(attacked, x, y, eps=eps, batch_size=batch_size, clean_correct=clean_correct))
         have["pgd-20"] = add(pgd_attack(attacked, x, y, steps=20, step_size=step, **common))
         if suite in ("standard", "full"):
             have["pgd-40"] = add(pgd_attack(attacked, x, y, steps=40, step_size=step, **common))
             add(cw_attack(attacked, x, y, steps=30, step_size=step, **common))
-        aa_res = aam.run_autoattack(attacked, x, y, eps=eps, version=autoattack_version, quick=quick,
-                                    square_queries=square_queries, batch_size=batch_size, seed=seed, device=device,
-                                    out_dir=out_dir, name="autoattack", clean_correct=clean_correct,
-                                    echo=log if progress else None)
+        aa_res = aam.run_autoattack(
+            attacked,
+            x,
+            y,
+            eps=eps,
+            version=autoattack_version,
+            quick=quick,
+            square_queries=square_queries,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            out_dir=out_dir,
+            name="autoattack",
+            clean_correct=clean_correct,
+            echo=log if progress else None,
+        )
         add(aa_res)
 
         cfg = None
         diag = {}
         if suite in ("adaptive", "full"):
-            cfg = AdaptiveConfig.make(eps, quick, batch_size=batch_size, seed=seed, device=device, out_dir=out_dir,
-                                      echo=log if progress else None, square_queries=adaptive_square_queries)
+            cfg = AdaptiveConfig.make(
+                eps,
+                quick,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                out_dir=out_dir,
+                echo=log if progress else None,
+                square_queries=adaptive_square_queries,
+            )
             alive = torch.stack([r.robust for r in results if r.in_worst_case]).all(0)
             log(f"adaptive suite on the {int(alive.sum())} examples that survived the attacks above")
             for r in run_adaptive(model, x, y, alive=alive, cfg=cfg, transfer_model=transfer_model):
@@ -171,9 +198,22 @@ def evaluate(
                     add(r)
         log("A8 diagnostics and sanity checks")
         diag = a8_diagnostics(model, x, y, x_store, has_adv, batch_size=batch_size, grad_model=attacked)
-        sanity = run_sanity(attacked, x, y, eps=eps, dataset=dataset, clean_correct=clean_correct, have=have,
-                            quick=quick, adaptive=suite in ("adaptive", "full"), batch_size=batch_size, seed=seed,
-                            step_size=step, echo=log, ra_model=model)
+        sanity = run_sanity(
+            attacked,
+            x,
+            y,
+            eps=eps,
+            dataset=dataset,
+            clean_correct=clean_correct,
+            have=have,
+            quick=quick,
+            adaptive=suite in ("adaptive", "full"),
+            batch_size=batch_size,
+            seed=seed,
+            step_size=step,
+            echo=log,
+            ra_model=model,
+        )
 
     pe: dict[str, torch.Tensor] = {"clean": clean_correct, "labels": y}
     attacks: dict[str, dict] = {}
@@ -200,17 +240,24 @@ def evaluate(
         "hardware": device_info(device),
         "total_seconds": round(time.time() - t_start, 2),
         "config": {
-            "batch_size": batch_size, "device": str(device), "pgd_step": step, "autoattack_version": autoattack_version,
-            "square_queries": square_queries, "quick": quick,
-            "transfer_model": None if transfer_model is None else (getattr(transfer_model, "spec", None)
-                                                                  or type(transfer_model).__name__),
+            "batch_size": batch_size,
+            "device": str(device),
+            "pgd_step": step,
+            "autoattack_version": autoattack_version,
+            "square_queries": square_queries,
+            "quick": quick,
+            "transfer_model": None
+            if transfer_model is None
+            else (getattr(transfer_model, "spec", None) or type(transfer_model).__name__),
             "adaptive": cfg.as_dict() if cfg is not None else None,
         },
     }
     report = write_report(pe, attacks, context, out_dir)
-    log(f"clean {report['clean_acc']:.2%}, AutoAttack {report['autoattack_acc']:.2%}, worst case "
+    log(
+        f"clean {report['clean_acc']:.2%}, AutoAttack {report['autoattack_acc']:.2%}, worst case "
         f"{report['worst_case_acc']:.2%}; {len(report['flags'])} flag(s); report in {out_dir} "
-        f"({report['timings']['total']:.0f} s)")
+        f"({report['timings']['total']:.0f} s)"
+    )
     for f in report["flags"]:
         log(f"FLAG {f}")
     return report

@@ -1,8 +1,8 @@
 """Views of an RA model with a chosen gate: the gradient sources of the adaptive suite.
 
-METHOD.md section 2: each RA block computes ``aux = fc(pool(z))`` and continues with
+docs/METHOD.md, "Reverse Attention": each RA block computes ``aux = fc(pool(z))`` and continues with
 ``z * W[argmax aux]``. The argmax has no gradient, so the final logits' gradient never "sees" that
-moving ``aux`` flips the mask: the shattered-gradient pattern of EVALUATION.md. :class:`RAView`
+moving ``aux`` flips the mask: the shattered-gradient pattern of docs/EVALUATION.md. :class:`RAView`
 re-runs the model's own modules (``stem``, the plain blocks of ``final_stage``, the RA blocks,
 ``post_activation``, ``pool``, ``classifier``) with the gate replaced, without editing the model:
 
@@ -52,8 +52,15 @@ class RAView(nn.Module):
         output: ``final``, ``aux<i>``, ``last_aux`` or ``poe``.
     """
 
-    def __init__(self, model: nn.Module, gate: str = "hard", *, temperature: float = 1.0,
-                 fixed_class: int | None = None, output: str = "final") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        gate: str = "hard",
+        *,
+        temperature: float = 1.0,
+        fixed_class: int | None = None,
+        output: str = "final",
+    ) -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown gate {gate!r}: choose one of {GATES}")

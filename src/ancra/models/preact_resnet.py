@@ -16,8 +16,6 @@ from .ra import RANet
 
 
 class PreActBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)

@@ -1,4 +1,4 @@
-"""Reverse Attention (RA), METHOD.md section 2: one mechanism shared by every architecture.
+"""Reverse Attention (RA), docs/METHOD.md, "Reverse Attention": one mechanism shared by every architecture.
 
 The last ``ra_blocks`` residual blocks of a network's final stage become RA blocks. For each, with
 ``z`` the block's output after the architecture's post-activation:
@@ -45,7 +45,7 @@ class RANet(nn.Module):
     """
 
     #: spatial size of the pooled map fed to ``fc`` (1 = global average pooling; the
-    #: Tiny-ImageNet PreActResNet-18 pools its 8x8 map to 2x2, see METHOD.md section 2).
+    #: Tiny-ImageNet PreActResNet-18 pools its 8x8 map to 2x2, see docs/METHOD.md, "Reverse Attention").
     pool_size: int = 1
     ra_blocks: int = 0
 
@@ -69,8 +69,7 @@ class RANet(nn.Module):
         n = len(self.final_stage)
         if not 0 <= self.ra_blocks <= n:
             raise ValueError(
-                f"ra_blocks={self.ra_blocks} but the final stage has {n} blocks: "
-                f"choose 0 (plain network) to {n}"
+                f"ra_blocks={self.ra_blocks} but the final stage has {n} blocks: choose 0 (plain network) to {n}"
             )
 
     def pool(self, z: torch.Tensor) -> torch.Tensor:
@@ -91,8 +90,7 @@ class RANet(nn.Module):
         m = w.view(b, c, p, p)
         return m.repeat_interleave(h // p, dim=2).repeat_interleave(wd // p, dim=3)
 
-    def forward_with_aux(self, x: torch.Tensor, labels: torch.Tensor | None = None,
-                         mask_fn=None) -> RAOutput:
+    def forward_with_aux(self, x: torch.Tensor, labels: torch.Tensor | None = None, mask_fn=None) -> RAOutput:
         """Training forward: final logits, aux logits of every RA block and the pooled feature.
 
         ``labels`` drive the masks when given (training), else each block's own argmax.

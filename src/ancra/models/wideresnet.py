@@ -3,7 +3,7 @@
 State-dict keys: ``conv1, block1.layer.0.bn1, ..., block3.layer.N.conv2, bn1, fc``. The blocks are
 pre-activation; the network's final BN+ReLU (``bn1``/``relu``) is shared: each RA block (the last
 ``ra_blocks`` blocks of ``block3``) applies it to its residual output before the aux head and the
-mask (METHOD.md section 2), and without RA it runs once after the last block, as in plain WRN.
+mask (docs/METHOD.md, "Reverse Attention"), and without RA it runs once after the last block, as in plain WRN.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ class WideBasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
         self.equal_in_out = in_planes == out_planes
-        self.convShortcut = (
-            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-        )
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu1(self.bn1(x))

@@ -1,0 +1,197 @@
+"""``ancra eval CHECKPOINT`` as a library call, :func:`evaluate_checkpoint`: load a weights file
+and its test split, run a suite (:func:`ancra.evaluation.evaluate`), write the report.
+
+Under torchrun the examples are split into contiguous shards, one per rank; each rank evaluates
+its shard (AutoAttack included) into ``OUT/shard-R`` and rank 0 merges the per-example results
+into ``OUT`` (per-example results equal to one process's wherever the attacks are deterministic;
+random starts are drawn per shard, see tests/test_eval_cli.py).
+
+With ``--chunk-size K`` the examples are evaluated in chunks of K into ``OUT/chunk-A-B``, each a
+complete report kept once finished: a full-budget evaluation takes CPU-hours, so an interrupted
+command (or one rerun later with a larger ``--n-examples``) skips the finished chunks and the
+report merges whatever chunks cover the first N examples. Under torchrun the ranks share out
+the chunks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint, load_model
+from ..data import file_digest, load_dataset
+from ..distributed import barrier, init_distributed
+from ..errors import UserError
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    out: Path,
+    *,
+    suite: str = "standard",
+    n_examples: int = 0,
+    eps: float | None = None,
+    transfer_from: Path | None = None,
+    data_dir: Path | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "auto",
+    quick: bool = False,
+    threads: int = 0,
+    chunk_size: int = 0,
+) -> dict | None:
+    """Evaluate the weights file ``checkpoint`` on the first ``n_examples`` (0 = all) test examples
+    of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
+    to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job). Arguments are
+    those of ``ancra eval`` (see ``ancra eval --help``)."""
+    from .report import merge_reports
+    from .suite import evaluate
+
+    if n_examples < 0:
+        raise UserError(f"--n-examples must be >= 0, got {n_examples}")
+    if eps is not None and not 0 < eps <= 1:
+        raise UserError(f"--eps must be in (0, 1], got {eps}")
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if chunk_size < 0:
+        raise UserError(f"--chunk-size must be >= 0, got {chunk_size}")
+    if threads:
+        torch.set_num_threads(threads)
+    checkpoint, out = Path(checkpoint), Path(out)
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model
+    dataset = ckpt.dataset(flag=None)
+    eps = ckpt.eps(eps)
+    splits = load_dataset(dataset, ckpt.data_dir(data_dir), download=True)
+    spec = model.spec
+    if spec["in_channels"] != splits.in_channels or spec["num_classes"] != splits.num_classes:
+        raise UserError(
+            f"{checkpoint} is a {spec['num_classes']}-class model on {spec['in_channels']}-channel "
+            f"images but {dataset} has {splits.num_classes} classes and {splits.in_channels} channels"
+        )
+    n = len(splits.test_x) if n_examples == 0 else min(n_examples, len(splits.test_x))
+    x = splits.test_x[:n].float().div_(255)
+    y = splits.test_y[:n]
+    transfer = load_model(transfer_from) if transfer_from else None
+
+    info, device = init_distributed(device)
+    meta = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_hash": "sha256:" + file_digest(checkpoint, "sha256"),
+        "model_selection": {
+            "best.pt": "best validation PGD accuracy (held-out training split)",
+            "last.pt": "last epoch",
+        }.get(checkpoint.name, "as given"),
+        "trained_epochs": ckpt.meta.get("epoch", -1) + 1,
+        "train_config": ckpt.given,
+        "architecture": spec,
+    }
+    subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
+    common = dict(
+        suite=suite,
+        eps=eps,
+        batch_size=batch_size,
+        seed=seed,
+        transfer_model=transfer,
+        device=device,
+        dataset=dataset,
+        quick=quick,
+        meta=meta,
+        subset=subset,
+    )
+    if chunk_size:
+        # Everything that changes a chunk's numbers; a finished chunk is reused only if it matches.
+        meta["settings"] = {
+            "checkpoint_hash": meta["checkpoint_hash"],
+            "suite": suite,
+            "eps": eps,
+            "seed": seed,
+            "quick": quick,
+            "batch_size": batch_size,
+            "transfer_hash": "sha256:" + file_digest(transfer_from, "sha256") if transfer_from else None,
+        }
+        report = _run_chunks(model, x, y, out, chunk_size, info, common)
+    elif not info.enabled:
+        report = evaluate(model, x, y, out_dir=out, progress=True, **common)
+    else:
+        bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
+        lo, hi = bounds[info.rank], bounds[info.rank + 1]
+        evaluate(model, x[lo:hi], y[lo:hi], out_dir=out / f"shard-{info.rank}", progress=info.is_main, **common)
+        barrier(info)
+        report = merge_reports([out / f"shard-{r}" for r in range(info.world_size)], out) if info.is_main else None
+        barrier(info)
+    if info.is_main:
+        print_summary(report, out)
+    return report
+
+
+def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict | None:
+    """Evaluate ``x`` in chunks ``[a, a + size)`` into ``out/chunk-A-B``, skipping finished ones
+    (``report.json`` is written after ``per_example.pt``, so its presence means the chunk is
+    complete), then merge all chunks on rank 0. Ranks take the unfinished chunks round-robin."""
+    from .report import load_per_example, merge_reports
+    from .suite import evaluate
+
+    n = len(x)
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    dirs = [out / f"chunk-{a:06d}-{b:06d}" for a, b in bounds]
+    settings = common["meta"]["settings"]
+    todo = []
+    for (a, b), d in zip(bounds, dirs):
+        if not (d / "report.json").is_file():
+            todo.append((a, b, d))
+            continue
+        try:
+            found = load_per_example(d)["context"]["meta"].get("settings")
+        except Exception as e:  # noqa: BLE001 - any unreadable chunk is a user-facing problem
+            raise UserError(
+                f"{d} is not a readable evaluation chunk ({type(e).__name__}): delete it and rerun"
+            ) from None
+        if found != settings:
+            diff = sorted(k for k in settings if (found or {}).get(k) != settings[k])
+            raise UserError(
+                f"{d} was evaluated with other settings (different {', '.join(diff)}): rerun with the "
+                f"same settings or use another --out"
+            )
+    done = len(bounds) - len(todo)
+    if info.is_main:
+        print(
+            f"[eval] {len(bounds)} chunks of up to {size} examples: {done} finished, {len(todo)} to evaluate",
+            flush=True,
+        )
+    mine = todo[info.rank :: info.world_size]
+    for i, (a, b, d) in enumerate(mine):
+        if info.is_main:
+            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(mine)} of this process)", flush=True)
+        evaluate(
+            model,
+            x[a:b],
+            y[a:b],
+            out_dir=d,
+            progress=info.is_main,
+            **{**common, "subset": f"test examples {a}-{b - 1}"},
+        )
+    barrier(info)
+    report = None
+    if info.is_main:
+        report = merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
+    barrier(info)
+    return report
+
+
+def print_summary(report: dict, out: Path) -> None:
+    rows = [("clean", report["clean_acc"])]
+    rows += [
+        (name, a["acc"] if isinstance(a, dict) else a)
+        for name, a in report.get("attacks", {}).items()
+        if name != "clean"
+    ]
+    rows.append(("worst case", report["worst_case_acc"]))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{report['n_examples']} examples, eps {report.get('eps', '')}:")
+    for name, acc in rows:
+        print(f"  {name:<{width}}  {100 * acc:6.2f}%" if isinstance(acc, (int, float)) else f"  {name:<{width}}  {acc}")
+    for flag in report.get("flags", []):
+        print(f"  flag: {flag}")
+    print(f"report: {out / 'report.md'}  ({out / 'report.json'})")
