@@ -112,7 +112,8 @@ def test_gradcheck_sees_the_broken_kernel_when_channels_last_is_forced():
     except subprocess.TimeoutExpired:
         return  # the hang
     if r.returncode == 0:  # no crash this time: then the gradients must be visibly wrong
-        assert json.loads(r.stdout)["results"][spec]["rel_err"] > TOLERANCE
+        err = json.loads(r.stdout)["results"][spec]["rel_err"]
+        assert err > TOLERANCE, f"oneDNN no longer shows issue 6035 here (error {err}): revisit ancra.hardware's rule"
 
 
 @pytest.mark.parametrize("isa", ISAS)
