@@ -145,6 +145,7 @@ class Trainer:
             raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
         self.dist, self.device = init_distributed(t.device)
         self.progress = progress and self.dist.is_main
+        check_precision(t.precision, self.device)  # before loading any data: refuse fast
         seed_everything(t.seed, t.deterministic)
         world = self.dist.world_size
         if t.batch_size % world:
@@ -184,7 +185,6 @@ class Trainer:
         net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
         if t.sync_bn and self.dist.enabled:
             net = convert_sync_batchnorm(net, self.device)
-        check_precision(t.precision, self.device)
         self.channels_last = use_channels_last(t.channels_last, net, self.device)
         if self.progress and t.channels_last == "auto" and not self.channels_last:
             print(
