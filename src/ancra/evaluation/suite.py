@@ -5,7 +5,8 @@ Suites:
 * ``standard`` ("Standard suite"): clean, FGSM, PGD-20, PGD-40, CW-inf-30, AutoAttack.
 * ``adaptive`` ("Adaptive attacks"): clean, FGSM, PGD-20 and AutoAttack, then the adaptive cascade A1-A6
   (RA models; A6 only for plain models), A7 ablation and A8 diagnostics. Headline of an RA model:
-  the per-example minimum over AutoAttack and A1-A6 (``worst_case_acc``).
+  the per-example minimum over every attack that counts: the standard ones, AutoAttack and A1-A6
+  (``worst_case_acc``; the report lists them in ``worst_case_over``).
 * ``full``: both.
 
 The sanity checks ("Sanity checks") run with every suite (their extra attacks are cheap PGD runs).
