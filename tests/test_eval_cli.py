@@ -179,6 +179,8 @@ def test_chunked_eval_survives_sigkill_and_merges_to_the_single_result(checkpoin
     # a rerun with other settings must not mix its numbers into the finished chunks
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "different seed" in r.stderr, r.stderr
+    r = subprocess.run(cmd + ["--autoattack-version", "plus"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "different autoattack_version" in r.stderr, r.stderr
     assert first.stat().st_mtime_ns == stamp
 
 

@@ -103,6 +103,13 @@ def _add_eval(sub) -> None:
         help="reduced budgets (AutoAttack APGD-CE + APGD-T, fewer iterations and queries): demos and tests, "
         "never headline numbers; recorded in the report",
     )
+    p.add_argument(
+        "--autoattack-version",
+        choices=("standard", "plus", "rand"),
+        default="standard",
+        help="reference AutoAttack version: standard (what papers report), plus (more restarts and targets: "
+        "equal effort for baselines), rand (EOT, for randomised defences); --quick replaces it",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     p.add_argument(
         "--chunk-size",
@@ -131,6 +138,7 @@ def cmd_eval(args) -> int:
         quick=args.quick,
         threads=args.threads,
         chunk_size=args.chunk_size,
+        autoattack_version=args.autoattack_version,
     )
     return 0
 

@@ -40,6 +40,7 @@ def evaluate_checkpoint(
     quick: bool = False,
     threads: int = 0,
     chunk_size: int = 0,
+    autoattack_version: str = "standard",
 ) -> dict | None:
     """Evaluate the weights file ``checkpoint`` on the first ``n_examples`` (0 = all) test examples
     of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
@@ -97,6 +98,7 @@ def evaluate_checkpoint(
         device=device,
         dataset=dataset,
         quick=quick,
+        autoattack_version=autoattack_version,
         meta=meta,
         subset=subset,
     )
@@ -111,6 +113,8 @@ def evaluate_checkpoint(
             "batch_size": batch_size,
             "transfer_hash": "sha256:" + file_digest(transfer_from, "sha256") if transfer_from else None,
         }
+        if autoattack_version != "standard":  # absent for standard: chunks of earlier versions stay valid
+            meta["settings"]["autoattack_version"] = autoattack_version
         report = _run_chunks(model, x, y, out, chunk_size, info, common)
     elif not info.enabled:
         report = evaluate(model, x, y, out_dir=out, progress=True, **common)
