@@ -445,3 +445,19 @@ def test_eps_fraction_and_bad_inputs(trained_small, data, tmp_path):
         evaluate(trained_small, x * 255, y, eps=EPS, out_dir=tmp_path, progress=False)
     with pytest.raises(UserError, match="eps"):
         evaluate(trained_small, x, y, eps=0.0, out_dir=tmp_path, progress=False)
+
+
+def test_restart_flag_says_what_was_measured():
+    """restarts_keep_dropping compares PGD-20 from one start with the worst case over all starts,
+    and its text says how many starts that was (not "a second restart")."""
+    from ancra.evaluation.sanity import RESTARTS_KEY, STEPS_KEY, sanity_flags
+
+    n = 400
+    one_start = torch.arange(n) < 300  # PGD-20: 75%
+    worst_of_five = torch.arange(n) < 280  # 70% over 5 starts
+    pe = {"clean": torch.ones(n, dtype=torch.bool), f"{STEPS_KEY}/20": one_start, f"{RESTARTS_KEY}/5": worst_of_five}
+    flags, _ = sanity_flags(pe, {}, dataset="fmnist", eps=0.1)
+    (flag,) = [f for f in flags if f.startswith("restarts_keep_dropping")]
+    assert "75.0% from one random start -> 70.0%" in flag and "over 5 random starts (the first + 4 more)" in flag
+    pe[f"{RESTARTS_KEY}/5"] = one_start.clone()  # no drop: no flag
+    assert not any(f.startswith("restarts_keep_dropping") for f in sanity_flags(pe, {}, dataset="fmnist", eps=0.1)[0])

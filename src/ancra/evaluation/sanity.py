@@ -315,7 +315,10 @@ def sanity_flags(
     if c["restarts"] and 20 in steps:
         r, v = next(iter(c["restarts"].items()))
         if steps[20] - v > tol:
-            flags.append(f"restarts_keep_dropping: PGD-20 accuracy {steps[20]:.1%} -> {v:.1%} with {r} restarts")
+            flags.append(
+                f"restarts_keep_dropping: PGD-20 accuracy {steps[20]:.1%} from one random start -> {v:.1%} as the "
+                f"per-example worst case over {r} random starts (the first + {r - 1} more)"
+            )
     # 6/7. Square and transfer vs white-box, per example (cascade counts: broken after all gradient attacks)
     limit = max(0, math.floor(0.005 * n))
     for name, m in attacks.items():
