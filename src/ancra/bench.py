@@ -19,7 +19,7 @@ from .attacks import pgd
 from .config import Config
 from .data.registry import dataset_info
 from .errors import UserError
-from .hardware import cpu_info, device_info, native_bf16, use_channels_last
+from .hardware import check_precision, device_info, use_channels_last
 from .models import create_model
 from .objectives import training_step
 from .precision import autocast_context
@@ -159,12 +159,10 @@ def run_bench(
     y = torch.arange(batch, device=dev) % classes
     # the layout and precision the trainer would use on this machine (ancra.hardware)
     channels_last = use_channels_last(cfg.train.channels_last, net, dev)
-    if precision == "bf16" and dev.type == "cpu" and not native_bf16():
-        print(
-            f"warning: bf16 on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}) is emulated: "
-            f"ancra train refuses it; this measures what it would cost",
-            file=sys.stderr,
-        )
+    try:
+        check_precision(precision, dev)
+    except UserError as e:  # the bench still measures what the refused setting would cost
+        print(f"warning: {e}; ancra bench measures it anyway", file=sys.stderr)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -198,6 +196,7 @@ def run_bench(
     step_s = statistics.median(times)
     flops = count_flops(step)
     peaks = measure_peaks(dev, precision)
+    hardware = device_info(dev)
     peak_sizes = {k: peaks.pop(k) for k in ("matmul_n", "conv_batch")}
     peak = max(peaks.values())
     achieved = flops / step_s if flops is not None else None
@@ -214,8 +213,8 @@ def run_bench(
         "batch": batch,
         "steps": steps,
         "device": device,
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
-        "hardware": device_info(dev),
+        "device_name": hardware.get("gpu", hardware["cpu"]),
+        "hardware": hardware,
         "threads": torch.get_num_threads(),
         "precision": precision,
         "compile": compile,

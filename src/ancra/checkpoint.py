@@ -117,7 +117,7 @@ class Checkpoint:
         if not name:
             fix = f": pass {flag}" if flag else " (use a checkpoint written by `ancra train`)"
             raise UserError(f"{self.path} records no data.dataset{fix}")
-        return name
+        return name.lower()  # dataset names are case-insensitive (load_dataset); compared lower-case
 
     def eps(self, override: float | None = None) -> float:
         eps = override if override is not None else self.recorded("objective", "eps")

@@ -38,15 +38,21 @@ _ISA_CAPS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "A
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
+def _proc_cpuinfo() -> tuple[str, frozenset[str]]:
+    """The processor's name and flags from the first CPU of /proc/cpuinfo (read once)."""
+    name, flags = platform.processor() or platform.machine(), frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break  # the flags line ends the first CPU's block after its name
     except OSError:
         pass
-    return frozenset()
+    return name, flags
 
 
 def onednn_isa_cap() -> str | None:
@@ -58,8 +64,7 @@ def onednn_isa_cap() -> str | None:
 def native_bf16() -> bool:
     """Whether bf16 runs natively on this CPU: avx512_bf16 or AMX, used by both ATen and oneDNN
     (not capped below it). Without it, bf16 is emulated and many times slower than fp32."""
-    flags = _cpu_flags()
-    if not ({"avx512_bf16", "amx_bf16"} & flags):
+    if not ({"avx512_bf16", "amx_bf16"} & _proc_cpuinfo()[1]):
         return False
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return False
@@ -69,13 +74,7 @@ def native_bf16() -> bool:
 def cpu_info() -> dict:
     """The CPU facts every measurement records: ATen's capability (AVX512, AVX2, ...), oneDNN's ISA
     cap, the flags that decide bf16 speed, the processor's name and the thread count."""
-    flags = _cpu_flags()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    name, flags = _proc_cpuinfo()
     return {
         "cpu": name,
         "capability": torch.backends.cpu.get_cpu_capability(),

@@ -193,6 +193,9 @@ class Trainer:
                 file=sys.stderr,
             )
         net.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        # what each epoch's speed is measured on (a resumed run builds a new Trainer, so a run
+        # continued on another machine records that machine)
+        self.hardware = {**device_info(self.device), "channels_last": self.channels_last}
         self.net = net
         self.model = net
         if self.dist.enabled:
@@ -298,8 +301,7 @@ class Trainer:
         record.update(zip(keys, means.tolist()))
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
-        # what the speed was measured on: a resumed run may continue on another machine
-        record["hardware"] = {**device_info(self.device), "channels_last": self.channels_last}
+        record["hardware"] = self.hardware
         counts = count_clean_and_pgd(
             self.net,
             self.val_x,

@@ -40,62 +40,42 @@ class DatasetInfo:
         return self.pgd_step if self.pgd_step is not None else eps / 4
 
 
+# the threat-model conventions of the CIFAR-like datasets (RobustBench's): eps shown in /255,
+# 8/255 budgets, a 2/255 PGD step, the sanity sweep up to 64/255
+_CIFAR_LIKE = {"channels": 3, "eps_in_255": True, "default_eps": 8 / 255, "pgd_step": 2 / 255, "large_eps": 64 / 255}
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 DATASETS: dict[str, DatasetInfo] = {
-    "fmnist": DatasetInfo(
-        "fmnist",
-        channels=1,
-        size=28,
-        num_classes=10,
-        class_names=(
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "fmnist",
+            channels=1,
+            size=28,
+            num_classes=10,
+            class_names=FASHION_MNIST_CLASSES,
+            eps_in_255=False,
+            default_eps=0.1,
+            pgd_step=None,
+            large_eps=0.5,
         ),
-        eps_in_255=False,
-        default_eps=0.1,
-        pgd_step=None,
-        large_eps=0.5,
-    ),
-    "cifar10": DatasetInfo(
-        "cifar10",
-        channels=3,
-        size=32,
-        num_classes=10,
-        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-        eps_in_255=True,
-        default_eps=8 / 255,
-        pgd_step=2 / 255,
-        large_eps=64 / 255,
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100",
-        channels=3,
-        size=32,
-        num_classes=100,
-        class_names=None,
-        eps_in_255=True,
-        default_eps=8 / 255,
-        pgd_step=2 / 255,
-        large_eps=64 / 255,
-    ),
-    "tiny-imagenet": DatasetInfo(
-        "tiny-imagenet",
-        channels=3,
-        size=64,
-        num_classes=200,
-        class_names=None,
-        eps_in_255=True,
-        default_eps=8 / 255,
-        pgd_step=2 / 255,
-        large_eps=64 / 255,
-    ),
+        DatasetInfo("cifar10", size=32, num_classes=10, class_names=CIFAR10_CLASSES, **_CIFAR_LIKE),
+        DatasetInfo("cifar100", size=32, num_classes=100, class_names=None, **_CIFAR_LIKE),
+        DatasetInfo("tiny-imagenet", size=64, num_classes=200, class_names=None, **_CIFAR_LIKE),
+    )
 }
 #: names accepted by :func:`ancra.data.load_dataset` and by the ``dataset`` config key
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
