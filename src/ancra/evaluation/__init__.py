@@ -14,13 +14,13 @@ from .adaptive import (
     a5_true_label_masks,
     a6_transfer_and_blackbox,
     a7_ra_off,
-    a8_diagnostics,
     judged_pgd,
     run_adaptive,
 )
 from .autoattack import apgd, apgd_targeted_to, run_autoattack, square
 from .checkpoint import evaluate_checkpoint
 from .common import AttackResult, is_ra_model
+from .diagnostics import a8_diagnostics
 from .report import build_report, load_per_example, merge_reports, write_report
 from .sanity import run_sanity, sanity_flags
 from .standard import clean, cw_attack, fgsm_attack, pgd_attack

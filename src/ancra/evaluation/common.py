@@ -9,6 +9,7 @@ summarised exactly as a single-process run would be (see :func:`ancra.evaluation
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -173,3 +174,13 @@ def with_grad_path(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, bool]:
     if out.requires_grad:
         return model, False
     return GradPath(model), True
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None):
+    """:func:`ancra.attacks.attack_mode` (eval BN, frozen parameters) for several modules."""
+    with contextlib.ExitStack() as stack:
+        for m in modules:
+            if isinstance(m, nn.Module):
+                stack.enter_context(attack_mode(m))
+        yield

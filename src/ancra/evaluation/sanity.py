@@ -58,7 +58,8 @@ def eps_grid(eps: float, dataset: str, quick: bool = False) -> list[float]:
 
 def _adaptive_curve_attack(model, x, y, eps, steps, batch_size, seed):
     """Judged PGD through the BPDA gate (T=1) on CE(final)+sum CE(aux): the sweep's adaptive curve."""
-    from .adaptive import frozen, judged_pgd
+    from .adaptive import judged_pgd
+    from .common import frozen
     from .wrappers import RAView
 
     view = RAView(model, "bpda", temperature=1.0)

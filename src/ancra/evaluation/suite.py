@@ -26,8 +26,9 @@ from ..attacks import attack_mode
 from ..errors import UserError
 from ..hardware import device_info
 from . import autoattack as aam
-from .adaptive import AdaptiveConfig, a7_ra_off, a8_diagnostics, run_adaptive
+from .adaptive import AdaptiveConfig, a7_ra_off, run_adaptive
 from .common import AttackResult, EvalLog, is_ra_model, with_grad_path
+from .diagnostics import a8_diagnostics
 from .report import software_versions, write_report
 from .sanity import run_sanity
 from .standard import clean, cw_attack, default_step, fgsm_attack, pgd_attack
