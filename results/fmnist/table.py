@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ancra.evaluation.common import worst_case
+from ancra.evaluation.sanity import flag_code
 
 HERE = Path(__file__).resolve().parent
 ORDER = [
@@ -86,7 +87,7 @@ def results_table(folder: Path) -> None:
         minutes = (
             sum(json.loads(line)["epoch_s"] for line in (HERE / f"{name}.metrics.jsonl").read_text().splitlines()) / 60
         )
-        flags = ", ".join(sorted({f.split(":")[0] for f in r["flags"]})) or "none"
+        flags = ", ".join(sorted({flag_code(f) for f in r["flags"]})) or "none"
         print(
             f"| {name} | {pct(r['clean_acc'])} | {pct(acc.get('fgsm'))} | {pct(acc.get('pgd-20'))} | "
             f"{pct(acc.get('cw-30'))} | {pct(r['autoattack_acc'])} | **{pct(r['worst_case_acc'])}** | "

@@ -3,12 +3,14 @@
 | check | healthy | flag |
 |---|---|---|
 | accuracy vs eps up to a large eps (F-MNIST 0.5, CIFAR 64/255) | monotone, reaches ~0 | plateau above 0 |
+| accuracy vs eps along the curve (:func:`eps_curve_flags`) | falls past the budget | flat stretch, shoulder, gap |
 | unbounded attack (eps = 1) | 100% success | below 100% |
 | FGSM >= PGD >= APGD (accuracy) | yes | single-step stronger than iterative |
 | PGD accuracy <= clean accuracy | yes | above clean |
 | more steps / restarts | changes < 0.5 pt | keeps dropping |
 | Square vs white-box | Square weaker | Square stronger (per example) |
 | transfer vs white-box | transfer weaker | transfer stronger |
+| blind-gradient probe (A8, :func:`~.diagnostics.blind_gradient`) | CE rises as predicted | it does not |
 
 :func:`run_sanity` produces per-example tensors (``curve/eps/<attack>/<eps>``,
 ``curve/steps/<k>``, ``curve/restarts/<r>``, ``unbounded/<attack>``), so the checks can be
@@ -22,12 +24,14 @@ every head) is added, so a plateau of the PGD curve can be told apart from real 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 
 from ..data.registry import find_dataset
 from .common import acc, batches, generator, is_ra_model, predict, tolerance, worst_case
+from .diagnostics import blind_gradient, probe_keys
 from .standard import pgd_attack
 
 #: per-example tensor key prefixes
@@ -227,6 +231,138 @@ def curves(pe: dict[str, torch.Tensor]) -> dict:
     return res
 
 
+def near_zero(n: int) -> float:
+    """Accuracy the eps checks treat as ~0: max(1%, one example)."""
+    return max(0.01, 1.0 / max(n, 1)) + 1e-9
+
+
+def flat_stretches(
+    es: list[float], accs: list[float], *, eps: float, tol: float, floor: float
+) -> list[tuple[int, int]]:
+    """Flat stretches of one accuracy-vs-eps curve past the budget: pairs ``(i, j)`` of grid
+    indices with ``e_j >= 2 e_i`` (eps at least doubles), ``e_j > eps`` (the stretch ends past the
+    evaluation budget), ``a_j >= a_i - tol`` (accuracy falls by no more than noise) and
+    ``a_j > floor`` (not ~0); for each ``i`` only the largest such ``j``.
+
+    Below the budget a flat curve is what robustness looks like (adversarial training aims at it);
+    past it, doubling eps must cost accuracy: no defence is robust to twice the budget it was built
+    for as to the budget itself."""
+    out = []
+    for i in range(len(es)):
+        js = [
+            j
+            for j in range(i + 1, len(es))
+            if es[j] >= 2 * es[i] - 1e-12 and es[j] > eps + 1e-12 and accs[j] >= accs[i] - tol and accs[j] > floor
+        ]
+        if js:
+            out.append((i, js[-1]))
+    return out
+
+
+def eps_curve_flags(c_eps: dict[str, dict[float, float]], *, eps: float, n: int) -> list[str]:
+    """Shape flags of the accuracy-vs-eps curves, along the whole curve (``tol`` =
+    :func:`~.common.tolerance`, ~0 = :func:`near_zero`); one flag of each code per curve:
+
+    * ``eps_shoulder``: a flat stretch (:func:`flat_stretches`) followed, at the next grid point,
+      by a collapse to less than half of the stretch's last accuracy. The curve holds past the
+      budget and then falls at once: the attack wins only where eps is large enough for its random
+      start and fixed steps to change the class, not by following the gradient.
+    * ``eps_curve_plateau``: a flat stretch not followed by such a collapse (the longest one is
+      reported): doubling eps past the budget does not lower accuracy.
+    * ``eps_curve_gap``: at some eps, a curve's accuracy is above ~0 and more than twice another
+      curve's of the same sweep plus ``tol`` (a curve that stays far above the shape a stronger
+      attack shows: for RA models the PGD curve against the adaptive one).
+    """
+    tol, floor = tolerance(n), near_zero(n)
+    flags = []
+    for atk, d in c_eps.items():
+        es, accs = list(d), list(d.values())
+        stretches = flat_stretches(es, accs, eps=eps, tol=tol, floor=floor)
+        shoulder = [(i, j) for i, j in stretches if j + 1 < len(es) and accs[j + 1] < accs[j] / 2]
+        if shoulder:
+            i, j = shoulder[0]
+            flags.append(
+                f"eps_shoulder: {atk} accuracy holds at {accs[i]:.1%} -> {accs[j]:.1%} from eps={es[i]:g} to "
+                f"eps={es[j]:g} (past the budget {eps:g}), then falls to {accs[j + 1]:.1%} at eps={es[j + 1]:g} "
+                f"(flat, then abrupt: the attack wins by the size of eps, not by following the gradient)"
+            )
+        elif stretches:
+            i, j = max(stretches, key=lambda ij: es[ij[1]] / es[ij[0]])
+            flags.append(
+                f"eps_curve_plateau: {atk} accuracy stays at {accs[i]:.1%} -> {accs[j]:.1%} from eps={es[i]:g} to "
+                f"eps={es[j]:g} (eps x{es[j] / es[i]:.3g}, past the budget {eps:g}: more eps does not lower "
+                f"accuracy; gradient masking or a too weak attack)"
+            )
+        for other, d2 in c_eps.items():
+            gap = [e for e, v in d.items() if other != atk and e in d2 and v > floor and v > 2 * d2[e] + tol]
+            if gap:
+                e = gap[0]
+                flags.append(
+                    f"eps_curve_gap: at eps={e:g} the {atk} curve is at {d[e]:.1%}, more than twice the {other} "
+                    f"curve's {d2[e]:.1%} (the {atk} attack holds where a stronger attack of the sweep has dropped)"
+                )
+    return flags
+
+
+_AA_CHECK = re.compile(r"^AutoAttack check on (\S+): (.*?)(?: \(warned (\d+) times\))?(?: \[shard \d+\])?$")
+
+
+def autoattack_own_checks(attacks: dict[str, dict]) -> list[str]:
+    """AutoAttack's own checks (the ``aa_*`` warnings of its log, collected per run, chunk and
+    shard into the attacks' ``info['flags']``), one line per code: how many warnings, from which
+    runs, and the first message. Kept apart from our flags (docs/EVALUATION.md, "Sanity checks")."""
+    first: dict[str, str] = {}
+    runs: dict[str, dict[str, int]] = {}
+    for m in attacks.values():
+        for line in m.get("info", {}).get("flags", []):
+            code, _, rest = line.partition(": ")
+            hit = _AA_CHECK.match(rest)
+            run, msg, times = (hit.group(1), hit.group(2), int(hit.group(3) or 1)) if hit else ("?", rest, 1)
+            first.setdefault(code, msg)
+            per_run = runs.setdefault(code, {})
+            per_run[run] = per_run.get(run, 0) + times
+    return [
+        f"{code}: AutoAttack's own check, {sum(runs[code].values())} warning(s) ("
+        + ", ".join(f"{run}: {k}" for run, k in runs[code].items())
+        + f"; every chunk and shard warns on its own); first: {msg}"
+        for code, msg in first.items()
+    ]
+
+
+def blind_gradient_flag(pe: dict[str, torch.Tensor], summary: dict) -> list[str]:
+    """``blind_gradient`` when more than :func:`~.common.tolerance` of the examples are correct
+    clean and blind to the probe of :func:`~.diagnostics.blind_gradient`; the fraction goes to
+    ``summary['blind_gradient_fraction']``. The line also counts the blind examples whose float32
+    CE is exactly 0 (``diag/ce_saturated``) and those that changed class along a step the gradient
+    predicted nothing for."""
+    probe = blind_gradient(pe)
+    if probe is None:
+        return []
+    n = len(pe["clean"])
+    blind = probe[0] & pe["clean"].cpu()
+    summary["blind_gradient_fraction"] = acc(blind)
+    if acc(blind) <= tolerance(n):
+        return []
+    sat = pe.get("diag/ce_saturated", torch.zeros(n, dtype=torch.bool)).cpu()
+    return [
+        f"blind_gradient: {int(blind.sum())} of the {n} examples ({acc(blind):.1%}; clean-correct ones only): along "
+        f"h*sign(grad CE) for h in {{{', '.join(probe_keys(pe))}}} the deployed model's CE never rose by half of "
+        f"the first-order prediction nor changed class (all-zero gradient: random sign steps); "
+        f"{int((blind & sat).sum())} of them have a float32 CE of exactly 0 (saturated softmax), "
+        f"{int((blind & probe[1]).sum())} changed class where the gradient predicted no change "
+        f"(CE-gradient attacks do not see the decision there)"
+    ]
+
+
+def flag_code(line: str) -> str:
+    """The code of a flag line. Reports written before AutoAttack's Square count got its own code
+    called it ``square_beats_whitebox`` too; their line is recognised by its text."""
+    code = line.split(":")[0]
+    if code == "square_beats_whitebox" and "AutoAttack's Square broke" in line:
+        return "autoattack_square_beats_its_whitebox"
+    return code
+
+
 def sanity_flags(
     pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, dataset: str, eps: float
 ) -> tuple[list[str], dict]:
@@ -263,12 +399,14 @@ def sanity_flags(
                     f"{accs[i]:.1%} at eps={es[i]:g} (a correct attack only gets stronger with eps)"
                 )
                 break
-        if accs and accs[-1] > max(0.01, 1.0 / n) + 1e-9:
+        if accs and accs[-1] > near_zero(n):
             other = [f"; the {b} curve reaches {list(dd.values())[-1]:.1%}" for b, dd in c["eps"].items() if b != atk]
             flags.append(
                 f"eps_plateau: {atk} accuracy at eps={es[-1]:g} is {accs[-1]:.1%}, not ~0 "
                 f"(plateau above 0: gradient masking or a too weak attack{''.join(other)})"
             )
+    # 1b. along the whole curve: flat stretches, shoulders, gaps between curves
+    flags += eps_curve_flags(c["eps"], eps=eps, n=n)
     # 2. unbounded attack
     for atk, rate in c["unbounded_success"].items():
         if rate < 1.0:
@@ -330,17 +468,16 @@ def sanity_flags(
                 f"{what}: {name} broke {info['broken']} of the {info.get('attacked')} examples that "
                 f"survived every gradient-based attack (gradients of the model are not informative)"
             )
-        if name == "autoattack":
+        if name == "autoattack":  # AutoAttack's Square inside AutoAttack: counted from its log, not ours
             sq = info.get("perturbed", {}).get("square", 0)
             if sq > limit:
                 flags.append(
-                    f"square_beats_whitebox: AutoAttack's Square broke {sq} examples that survived APGD-CE/APGD-T/FAB-T"
+                    f"autoattack_square_beats_its_whitebox: AutoAttack's Square broke {sq} examples that survived "
+                    f"its APGD-CE/APGD-T/FAB-T (counted from AutoAttack's log; Square after every attack of the "
+                    f"suite is square_beats_whitebox)"
                 )
-    # AutoAttack's own checks
-    for m in attacks.values():
-        for f in m.get("info", {}).get("flags", []):
-            if f not in flags:
-                flags.append(f)
+    # AutoAttack's own checks, one line per code (the report shows them in their own section)
+    flags += autoattack_own_checks(attacks)
     # zero gradients (A8)
     if "diag/grad_zero" in pe:
         z = acc(pe["diag/grad_zero"])
@@ -350,6 +487,8 @@ def sanity_flags(
                 f"zero_gradients: {z:.1%} of the examples have an all-zero input gradient of the CE "
                 f"(shattered gradients; gradient attacks cannot work there)"
             )
+    # blind gradients (A8 probe): the deployed CE does not follow the input gradient
+    flags += blind_gradient_flag(pe, summary)
     # AutoAttack vs adaptive worst case
     aa_acc = a("autoattack")
     if aa_acc is not None and any(attacks[k].get("group") == "adaptive" for k in attacks):
