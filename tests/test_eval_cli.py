@@ -37,6 +37,12 @@ def _eval_cmd(ckpt, out, *extra):
     ]
 
 
+def _verify(report_dir, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "ancra", "verify", str(report_dir), *extra], capture_output=True, text=True, timeout=300
+    )
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "run"
@@ -96,6 +102,9 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
     for name in ("pgd-20", "pgd-40", "cw-30", "autoattack"):
         assert abs(rep1["attacks"][name]["acc"] - rep2["attacks"][name]["acc"]) <= 3 / N, name
     assert (out / "shard-0" / "report.json").exists() and (out / "shard-1" / "report.json").exists()
+    # the merged inputs carry the shards' offsets: every broken example re-checks against its test image
+    v = _verify(out)
+    assert v.returncode == 0, v.stdout + v.stderr
 
 
 def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
@@ -175,6 +184,9 @@ def test_chunked_eval_survives_sigkill_and_merges_to_the_single_result(checkpoin
         assert torch.equal(one[key], merged[key]), key
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_examples"] == N and "3 chunks of up to 16" in rep["subset"]
+    v = _verify(out)  # chunks start at test examples 0, 16, 32: their inputs merge with offsets
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert _verify(out / "chunk-000016-000032").returncode == 0  # a chunk is a report of its own
 
     # a rerun with other settings must not mix its numbers into the finished chunks
     r = subprocess.run(cmd + ["--seed", "1"], capture_output=True, text=True, timeout=600)
@@ -214,3 +226,66 @@ def test_eval_and_analyze_read_a_checkpoint_the_same_way(tmp_path, checkpoint):
         timeout=120,
     )
     assert r.returncode == 2 and "recorded training config is invalid: objective.eps = 7.0" in r.stderr
+
+
+def test_verify_rechecks_every_broken_example_and_catches_tampering(checkpoint, single, tmp_path):
+    """`ancra verify` passes on a fresh report and fails (exit 1, one MISMATCH line per problem) on
+    an input moved out of the eps-ball, an input replaced by its clean image, a different
+    checkpoint; a folder without saved inputs is a user error (exit 2, one line)."""
+    import shutil
+
+    out, _ = single
+    v = _verify(out)
+    assert v.returncode == 0, v.stdout + v.stderr
+    rep = json.loads((out / "report.json").read_text())
+    adv = torch.load(out / "adversarial.pt", weights_only=True)
+    n_broken = round(N * (rep["clean_acc"] - rep["worst_case_acc"]))
+    assert len(adv["index"]) == n_broken > 0
+    assert "verified:" in v.stdout and "fools_model" in v.stdout
+    for name in set(adv["attacks"]):
+        assert name in rep["attacks"]  # every input names the attack that found it
+
+    def tampered(edit):
+        d = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, d)
+        a = torch.load(d / "adversarial.pt", weights_only=True)
+        edit(a)
+        torch.save(a, d / "adversarial.pt")
+        return _verify(d, "--checkpoint", str(checkpoint))
+
+    def out_of_ball(a):
+        a["x_adv"][0] = (a["x_adv"][0] + 0.3).clamp(0, 1)
+
+    r = tampered(out_of_ball)
+    assert r.returncode == 1 and "outside the eps-ball" in r.stdout, r.stdout
+
+    from ancra.data import load_fashion_mnist
+
+    test_x = load_fashion_mnist(download=False).test_x
+
+    def clean_image(a):
+        a["x_adv"][0] = test_x[int(a["index"][0])].float() / 255
+
+    r = tampered(clean_image)
+    assert r.returncode == 1 and "not fooling" in r.stdout, r.stdout
+
+    def dropped(a):
+        for k in ("index", "x_adv", "label", "attack"):
+            a[k] = a[k][1:]
+
+    r = tampered(dropped)
+    assert r.returncode == 1 and "1 broken example(s) have no saved input" in r.stdout, r.stdout
+
+    from ancra.checkpoint import save_weights
+    from ancra.models import create_model
+
+    other = tmp_path / "other.pt"
+    save_weights(create_model("narrow_resnet", 10, 1, width=4, num_blocks=[1, 2]), other)
+    r = _verify(out, "--checkpoint", str(other))
+    assert r.returncode == 1 and "the report was made from sha256:" in r.stdout, r.stdout
+
+    bare = tmp_path / "no-inputs"
+    shutil.copytree(out, bare)
+    (bare / "adversarial.pt").unlink()
+    r = _verify(bare)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "has no adversarial.pt" in r.stderr, r.stderr

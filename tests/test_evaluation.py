@@ -23,17 +23,20 @@ from conftest import train_with_ce
 
 from ancra.errors import UserError
 from ancra.evaluation import (
+    FAMILIES,
+    DeployedValues,
+    EvalConfig,
     RAView,
-    a2_bpda,
-    a3_soft_surrogate,
-    a4_branch_enumeration,
-    a5_true_label_masks,
+    apgd,
     evaluate,
+    judged_pgd,
     load_per_example,
     merge_reports,
+    run_adaptive,
     run_autoattack,
+    run_family,
 )
-from ancra.evaluation.adaptive import AdaptiveConfig, judged_pgd, run_adaptive
+from ancra.evaluation.adaptive import Cascade, Spec, applicable
 from ancra.evaluation.report import PER_EXAMPLE, eps_fraction
 from ancra.evaluation.sanity import sanity_flags
 from ancra.models import create_model
@@ -224,10 +227,10 @@ def test_real_ra_model_plain_pgd_overstates_and_the_suite_says_so(ra_trained, da
     assert any(k.startswith("a5-") for k in r["worst_case_over"])
 
 
-@pytest.mark.parametrize("attack", [a2_bpda, a3_soft_surrogate, a4_branch_enumeration, a5_true_label_masks])
-def test_each_adaptive_family_alone_breaks_the_toy(toy, data, attack):
+@pytest.mark.parametrize("family", ["a2", "a3", "a4", "a5"])
+def test_each_adaptive_family_alone_breaks_the_toy(toy, data, family):
     x, y = data[0][:32], data[1][:32]
-    results = attack(toy, x, y, eps=EPS, quick=True, batch_size=32)
+    results = run_family(family, toy, x, y, cfg=EvalConfig.make(EPS, quick=True, batch_size=32))
     clean_acc = (toy(x).argmax(1) == y).float().mean().item()
     assert results[-1].acc <= 0.1 < clean_acc
     survivors = toy(x).argmax(1) == y
@@ -332,13 +335,14 @@ def test_adaptive_suite_runs_on_a_real_two_block_ra_model(data):
     torch.manual_seed(0)
     m = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=4).eval()
     x, y = data[0][:8], data[1][:8]
-    cfg = AdaptiveConfig.make(EPS, True, batch_size=8, pgd_steps=2, apgd_iter=2, square_queries=5)
+    cfg = EvalConfig.make(EPS, True, batch_size=8, pgd_steps=2, apgd_iter=2, square_queries_ra=5)
     res = run_adaptive(m, x, y, alive=torch.ones(8, dtype=torch.bool), cfg=cfg)
     names = [r.name for r in res]
     for prefix in (
         "a1-pgd-sum",
-        "a1-pgd-aux1",
-        "a1-autoattack-aux0",
+        "a1-pgd-aux0",
+        "a1-apgd-dlr-aux1",
+        "a1-apgd-t-aux0",
         "a2-bpda-T0.1",
         "a3-soft-T1",
         "a4-branch-enum",
@@ -356,7 +360,7 @@ def test_adaptive_suite_runs_on_a_real_two_block_ra_model(data):
 
 def test_plain_model_adaptive_suite_reduces_to_transfer_and_square(trained_small, toy, data):
     x, y = data[0][:16], data[1][:16]
-    cfg = AdaptiveConfig.make(EPS, True, batch_size=16, square_queries=20, pgd_steps=3, apgd_iter=3)
+    cfg = EvalConfig.make(EPS, True, batch_size=16, square_queries_plain=20, pgd_steps=3, apgd_iter=3)
     alive = trained_small(x).argmax(1) == y
     assert [r.name for r in run_adaptive(trained_small, x, y, alive=alive, cfg=cfg)] == ["a6-square"]
     res = run_adaptive(trained_small, x, y, alive=alive, cfg=cfg, transfer_model=toy)
@@ -461,3 +465,95 @@ def test_restart_flag_says_what_was_measured():
     assert "75.0% from one random start -> 70.0%" in flag and "over 5 random starts (the first + 4 more)" in flag
     pe[f"{RESTARTS_KEY}/5"] = one_start.clone()  # no drop: no flag
     assert not any(f.startswith("restarts_keep_dropping") for f in sanity_flags(pe, {}, dataset="fmnist", eps=0.1)[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation v2: bookkeeping on the deployed model, the cascade's own checks, the registry
+# ------------------------------------------------------------------------------------------------
+def test_deployed_values_carry_the_deployed_output_and_the_surrogate_gradient(data):
+    torch.manual_seed(0)
+    m = create_model("narrow_resnet", 10, 1, ra_blocks=2, width=4).eval()
+    x = data[0][:8]
+    w = torch.randn(8, 10)
+    for view in (RAView(m, "hard", output="aux0"), RAView(m, "soft", temperature=0.5)):
+        dv = RAView(m, view.gate, temperature=view.temperature, output=view.output, deployed_values=True)
+        xg = x.clone().requires_grad_(True)
+        out = dv(xg)
+        assert torch.allclose(out, m(x), atol=1e-6)  # values: the deployed model's
+        (g_dv,) = torch.autograd.grad((out * w).sum(), xg)
+        xg = x.clone().requires_grad_(True)
+        (g_view,) = torch.autograd.grad((view(xg) * w).sum(), xg)
+        assert torch.allclose(g_dv, g_view, atol=1e-6) and g_view.abs().sum() > 0  # gradient: the view's
+    src = create_model("narrow_resnet", 10, 1, width=4)
+    dv = DeployedValues(src.eval(), m)
+    assert torch.allclose(dv(x), m(x), atol=1e-6) and not dv.training
+
+
+def test_apgd_on_a_surrogate_attacks_the_examples_the_surrogate_already_gets_wrong(trained_small, data):
+    """The reference APGD skips examples its own model misclassifies and keeps the iterates that fool
+    it. On a surrogate that is wrong where the deployed model is right, those examples were never
+    attacked; with the deployed model's values they are attacked and judged on the deployed model."""
+    import copy
+
+    # the same network with a bias that makes it say "class 0" everywhere: same gradients, wrong decisions
+    surrogate = copy.deepcopy(trained_small)
+    with torch.no_grad():
+        surrogate.classifier.bias[0] += 100.0
+    x, y = data
+    with torch.no_grad():
+        right = (trained_small(x).argmax(1) == y) & (surrogate(x).argmax(1) != y)
+    assert right.sum() >= 20
+    plain = apgd(surrogate, x, y, eps=EPS, n_iter=10, batch_size=N)
+    assert torch.equal(plain[right], x[right])  # never attacked
+    booked = apgd(DeployedValues(surrogate, trained_small), x, y, eps=EPS, n_iter=10, batch_size=N)
+    with torch.no_grad():
+        fooled = trained_small(booked).argmax(1) != y
+    assert fooled[right].float().mean() > 0.8  # attacked, and kept where the deployed model is fooled
+    assert (booked - x).abs().max() <= EPS + 1e-6
+
+
+def test_the_cascade_refuses_inputs_outside_the_ball(trained_small, data):
+    x, y = data[0][:16], data[1][:16]
+    cfg = EvalConfig.make(EPS, quick=True, batch_size=16)
+    alive = trained_small(x).argmax(1) == y
+    cas = Cascade(trained_small, x, y, alive, cfg)
+    with pytest.raises(RuntimeError, match="outside the eps-ball"):
+        cas.run(Spec("bad", "whitebox", lambda xs, ys: [(1 - xs)]))  # fools, but far outside the ball
+
+
+def test_registry_of_adaptive_families(trained_small, toy, data):
+    assert list(FAMILIES) == ["a1", "a2", "a3", "a4", "a5", "a6"]
+    assert [f.key for f in applicable(toy)] == list(FAMILIES)
+    assert [f.key for f in applicable(trained_small)] == ["a6"]
+    with pytest.raises(ValueError, match="needs an RA model"):
+        run_family("a1", trained_small, data[0][:4], data[1][:4], cfg=EvalConfig.make(EPS, quick=True))
+    with pytest.raises(UserError, match="unknown evaluation setting"):
+        evaluate(toy, data[0][:4], data[1][:4], eps=EPS, out_dir="unused", pgd_stepz=3)
+
+
+def test_standalone_families_on_every_clean_correct_example(toy, trained_small, data, tmp_path):
+    x, y = data[0][:32], data[1][:32]
+    r = evaluate(
+        toy,
+        x,
+        y,
+        suite="adaptive",
+        eps=EPS,
+        out_dir=tmp_path,
+        batch_size=32,
+        quick=True,
+        standalone=True,
+        transfer_model=trained_small,
+        progress=False,
+    )
+    fams = {k: v for k, v in r["attacks"].items() if v["group"] == "standalone"}
+    assert set(fams) == {f"standalone-{k}" for k in FAMILIES}
+    for name, v in fams.items():
+        assert not v["cascade"] and name in r["worst_case_over"]
+        assert r["worst_case_acc"] <= v["acc"] <= r["clean_acc"]
+    # the gate attacks alone break the toy (its aux head is a plain, non-robust model)
+    assert fams["standalone-a1"]["acc"] <= 0.1
+    pe = load_per_example(tmp_path)["tensors"]
+    assert torch.equal(pe["robust/standalone-a1"], pe["correct/standalone-a1"])
+    adv = torch.load(tmp_path / "adversarial.pt", weights_only=True)
+    assert len(adv["index"]) == round(32 * (r["clean_acc"] - r["worst_case_acc"]))

@@ -119,6 +119,12 @@ def _add_eval(sub) -> None:
         help="evaluate in chunks of K examples, each kept in OUT/chunk-A-B when finished: rerunning the "
         "command (also with a larger --n-examples) skips finished chunks; the report merges them",
     )
+    p.add_argument(
+        "--standalone",
+        action="store_true",
+        help="adaptive/full suites: also run each adaptive family (A1-A6) alone on every clean-correct "
+        "example, so the report has per-family accuracies that do not depend on the cascade order",
+    )
 
 
 def cmd_eval(args) -> int:
@@ -139,8 +145,34 @@ def cmd_eval(args) -> int:
         threads=args.threads,
         chunk_size=args.chunk_size,
         autoattack_version=args.autoattack_version,
+        standalone=args.standalone,
     )
     return 0
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="re-check every broken example of an evaluation report",
+        description="Re-check the report in REPORT_DIR from its saved adversarial inputs "
+        "(adversarial.pt): the checkpoint's SHA-256 must match the report, and each saved input must "
+        "lie within eps (+1e-6) of the test image, in [0, 1], and be misclassified by the model run "
+        "one example at a time in fp32 (TF32 off). Prints the counts per attack; exits 1 on any "
+        "mismatch, 2 on unusable input.",
+    )
+    p.add_argument("report_dir", type=Path, help="a folder written by `ancra eval --out`")
+    p.add_argument("--checkpoint", type=Path, help="the weights file (default: the path the report recorded)")
+    p.add_argument(
+        "--data-dir", type=Path, help="dataset folder (default: the checkpoint's config, then the standard places)"
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def cmd_verify(args) -> int:
+    from .evaluation import verify_report
+
+    result = verify_report(args.report_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
+    return 0 if result.ok else 1
 
 
 def _add_bench(sub) -> None:
@@ -278,7 +310,7 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "analyze": cmd_analyze}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "verify": cmd_verify, "bench": cmd_bench, "analyze": cmd_analyze}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_verify(sub)
     _add_bench(sub)
     _add_analyze(sub)
     return parser

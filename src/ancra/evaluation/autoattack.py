@@ -39,6 +39,7 @@ from torch import nn
 from ..attacks import attack_mode
 from ..errors import UserError
 from .common import AttackResult, Timer, batches, predict
+from .pyautoattack_compat import fixed_state_class, patched_state, set_apgd_iters
 
 try:  # the reference AutoAttack (MIT): PyPI "pyautoattack", module "pyautoattack"
     import pyautoattack as _pyaa
@@ -64,64 +65,6 @@ _CHECK_PATTERNS = [
 ]
 
 
-def _fixed_state_class():
-    """``EvaluationState`` whose file round-trips.
-
-    pyautoattack 0.2.0 writes the set of attacks with ``json.dump(default=str)``, i.e. as the
-    string ``"{'apgd-ce', ...}"``, and compares it with a set when resuming, so every resume fails
-    with "different set of attacks". This subclass writes lists and reads both forms."""
-    import ast
-    import json
-    from dataclasses import asdict
-    from datetime import datetime
-
-    from pyautoattack.state import EvaluationState
-
-    class FixedEvaluationState(EvaluationState):
-        def to_disk(self, force: bool = False) -> None:
-            since = (datetime.now() - self._last_saved).total_seconds()
-            if self.path is None or (since < self._SAVE_TIMEOUT and not force):
-                return
-            self._last_saved = datetime.now()
-            d = asdict(self)
-            d["_attacks_to_run"] = sorted(self._attacks_to_run)
-            d["_run_attacks"] = sorted(self._run_attacks)
-            if self.robust_flags is not None:
-                d["_robust_flags"] = self.robust_flags.cpu().tolist()
-            tmp = Path(str(self.path) + ".tmp")
-            with tmp.open("w") as f:
-                json.dump(d, f, default=str)
-            tmp.replace(self.path)
-
-        @classmethod
-        def from_disk(cls, path: Path) -> "FixedEvaluationState":
-            with Path(path).open() as f:
-                d = json.load(f)
-            atr = d["_attacks_to_run"]
-            d["_attacks_to_run"] = set(ast.literal_eval(atr) if isinstance(atr, str) else atr)
-            d["_run_attacks"] = set(d.get("_run_attacks") or [])
-            if d.get("_robust_flags") is not None:
-                d["_robust_flags"] = torch.tensor(d["_robust_flags"], dtype=torch.bool)
-            d["path"] = Path(path)
-            d["_last_saved"] = datetime.fromisoformat(d["_last_saved"])
-            return cls(**d)
-
-    return FixedEvaluationState
-
-
-@contextlib.contextmanager
-def _patched_state():
-    """Use :func:`_fixed_state_class` inside ``AutoAttack.run_standard_evaluation``."""
-    import pyautoattack.autoattack as mod
-
-    old = mod.EvaluationState
-    mod.EvaluationState = _fixed_state_class()
-    try:
-        yield mod.EvaluationState
-    finally:
-        mod.EvaluationState = old
-
-
 def fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str:
     """Short hash of the data and the model's weights: a saved AutoAttack state or result is only
     reused for the very same model and examples."""
@@ -143,16 +86,6 @@ def require_autoattack() -> None:
 
 def autoattack_version() -> str | None:
     return getattr(_pyaa, "__version__", None)
-
-
-def _set_iters(apgd_attack, n_iter: int) -> None:
-    """Change an APGD's iterations after construction: its checkpoint schedule is derived from
-    ``n_iter`` in ``__init__`` and must follow (pyautoattack/autopgd_base.py)."""
-    apgd_attack.n_iter = n_iter
-    apgd_attack.n_iter_orig = n_iter
-    apgd_attack.n_iter_2 = max(int(0.22 * n_iter), 1)
-    apgd_attack.n_iter_min = max(int(0.06 * n_iter), 1)
-    apgd_attack.size_decr = max(int(0.03 * n_iter), 1)
 
 
 class _Capture(logging.Handler):
@@ -235,7 +168,7 @@ def run_autoattack(
     square_queries: int = 5000,
     batch_size: int = 256,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     out_dir: Path | None = None,
     name: str = "autoattack",
     clean_correct: torch.Tensor | None = None,
@@ -257,6 +190,7 @@ def run_autoattack(
         out_dir: where the state file (``aa_state_<name>...json``) and the log go.
     """
     require_autoattack()
+    device = x.device if device is None else device
     same_forward = judge is None or judge is model
     judge = model if judge is None else judge
     if quick:
@@ -273,8 +207,8 @@ def run_autoattack(
             aa.apgd.n_restarts = 1
             aa.fab.n_restarts = 1
         if n_iter is not None:
-            _set_iters(aa.apgd, n_iter)
-            _set_iters(aa.apgd_targeted, n_iter)
+            set_apgd_iters(aa.apgd, n_iter)
+            set_apgd_iters(aa.apgd_targeted, n_iter)
             aa.fab.n_iter = n_iter
         # more target classes than classes would crash APGD-T / FAB-T (AutoAttack only warns)
         aa.apgd_targeted.n_target_classes = min(n_target_classes or aa.apgd_targeted.n_target_classes, n_cls - 1)
@@ -298,7 +232,7 @@ def run_autoattack(
             x_adv, records, seconds, resumed = saved["x_adv"], saved["log"], saved["seconds"], "finished run reused"
             cap_records = [logging.makeLogRecord(r) for r in records]
         else:
-            with Timer() as t, capture_autoattack_log(echo) as cap, _patched_state():
+            with Timer() as t, capture_autoattack_log(echo) as cap, patched_state():
                 if state_path is not None and state_path.exists():
                     resumed = "interrupted run resumed from AutoAttack's state"
                 try:
@@ -340,7 +274,7 @@ def run_autoattack(
         correct = clean_correct.clone()
     robust = clean_correct & correct
     if state_path is not None and state_path.exists():
-        state = _fixed_state_class().from_disk(state_path)
+        state = fixed_state_class().from_disk(state_path)
         if state.robust_flags is not None and len(state.robust_flags) == len(x):
             flags_ = state.robust_flags.to(robust.device)
             robust &= flags_
@@ -376,13 +310,14 @@ def apgd(
     restarts: int = 1,
     seed: int = 0,
     batch_size: int = 256,
-    device="cpu",
+    device=None,
 ) -> torch.Tensor:
     """Reference untargeted APGD (``ce`` or ``dlr``) on ``module``; returns adversarial inputs.
 
     APGD keeps, per example, the last iterate that fooled ``module`` (else the clean input), so the
     caller judges the returned inputs on the real model."""
     require_autoattack()
+    device = x.device if device is None else device
     out = []
     with attack_mode(module):
         for s in batches(len(x), batch_size):
@@ -393,35 +328,114 @@ def apgd(
     return torch.cat(out) if out else x.clone()
 
 
-def apgd_targeted_to(
+def apgd_all_examples(
+    module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    loss: str = "dlr",
+    n_iter: int = 100,
+    seed: int = 0,
+    batch_size: int = 256,
+    device=None,
+) -> list[torch.Tensor]:
+    """Reference APGD (one run, ``ce`` or ``dlr``) on ``module``, on *every* example, also those
+    ``module`` already misclassifies (``perturb`` would skip them and attack a subset of the batch).
+
+    ``module`` is a module, or a callable ``module(batch_slice) -> nn.Module`` (a view whose gate
+    depends on the batch's examples, e.g. A5's true-label masks).
+
+    Returns two candidates per example for the caller to judge on the deployed model: the iterate
+    of highest surrogate loss and the last iterate that fooled the surrogate. On a surrogate's own
+    values this complements :func:`apgd` on a view with deployed values: the search follows the
+    surrogate's own loss landscape, which was measured to find examples the deployed-value search
+    misses (docs/PERFORMANCE.md, "Cost of the evaluation")."""
+    require_autoattack()
+    device = x.device if device is None else device
+    best, fooled = [], []
+    for s in batches(len(x), batch_size):
+        m = module if isinstance(module, nn.Module) else module(s)
+        with attack_mode(m):
+            xs, ys = x[s].detach().clone(), y[s].detach().clone()
+            atk = APGDAttack(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, loss=loss, device=device)
+            atk.init_hyperparam(xs)
+            torch.random.manual_seed(seed)
+            x_best, _, _, x_best_adv = atk.attack_single_run(xs, ys)
+            best.append(x_best.detach())
+            fooled.append(x_best_adv.detach())
+    if not best:
+        return [x.clone()]
+    return [torch.cat(best), torch.cat(fooled)]
+
+
+def apgd_t(
     module: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    target: int,
+    *,
+    eps: float,
+    n_iter: int = 100,
+    n_targets: int = 9,
+    seed: int = 0,
+    batch_size: int = 256,
+    device=None,
+) -> torch.Tensor:
+    """Reference APGD-T (targeted DLR, the ``n_targets`` highest-ranked classes of ``module``'s
+    output in turn, as in AutoAttack) on ``module``; returns adversarial inputs. On a view with
+    ``deployed_values`` the ranking and every success check are the deployed model's."""
+    require_autoattack()
+    device = x.device if device is None else device
+    out = []
+    with attack_mode(module):
+        for s in batches(len(x), batch_size):
+            atk = APGDAttack_targeted(
+                module,
+                n_iter=n_iter,
+                norm="Linf",
+                n_restarts=1,
+                eps=eps,
+                seed=seed,
+                device=device,
+                n_target_classes=n_targets,
+            )
+            out.append(atk.perturb(x[s], y[s]).detach())
+    return torch.cat(out) if out else x.clone()
+
+
+def apgd_targeted_to(
+    module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: int | torch.Tensor,
     *,
     eps: float,
     n_iter: int = 100,
     seed: int = 0,
     batch_size: int = 256,
-    device="cpu",
+    device=None,
 ) -> list[torch.Tensor]:
-    """Reference APGD descending the CE to a *chosen* class ``target`` (A4 branch enumeration).
+    """Reference APGD descending the CE to a *chosen* class ``target`` (A4 branch enumeration):
+    one class for every example, or a ``(N,)`` tensor with one class per example.
 
+    ``module`` is a module, or a callable ``module(batch_slice) -> nn.Module`` that builds the
+    module for one batch (a view whose gate depends on the examples' targets).
     ``APGDAttack_targeted.perturb`` picks its own targets from the ranking of the output, so this
     calls its single-run routine with ``loss='ce-targeted'`` and ``y_target`` set to ``target``.
     Returns two candidates per example, the highest-objective iterate and the last iterate that
-    fooled ``module``; the caller keeps whichever fools the real model."""
+    fooled ``module``; the caller keeps whichever fools the deployed model."""
     require_autoattack()
+    device = x.device if device is None else device
     best, fooled = [], []
-    with attack_mode(module):
-        for s in batches(len(x), batch_size):
+    targets = target if torch.is_tensor(target) else torch.full_like(y, int(target))
+    for s in batches(len(x), batch_size):
+        m = module if isinstance(module, nn.Module) else module(s)
+        with attack_mode(m):
             xs, ys = x[s].detach().clone(), y[s].detach().clone()
-            atk = APGDAttack_targeted(
-                module, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, device=device
-            )
+            atk = APGDAttack_targeted(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, device=device)
             atk.loss = "ce-targeted"
             atk.init_hyperparam(xs)
-            atk.y_target = torch.full_like(ys, int(target))
+            atk.y_target = targets[s].to(ys.device)
             torch.random.manual_seed(seed)
             x_best, _, _, x_best_adv = atk.attack_single_run(xs, ys)
             best.append(x_best.detach())
@@ -441,12 +455,13 @@ def square(
     restarts: int = 1,
     seed: int = 0,
     batch_size: int = 256,
-    device="cpu",
+    device=None,
 ) -> torch.Tensor:
     """Reference Square Attack (margin loss, ``p_init=0.8``) on ``model``; the query schedule is
     rescaled to ``n_queries`` (``resc_schedule=True``) so 500 or 20000 queries both use the
     whole schedule."""
     require_autoattack()
+    device = x.device if device is None else device
     out = []
     with attack_mode(model), torch.no_grad():
         for s in batches(len(x), batch_size):
@@ -474,6 +489,8 @@ def n_classes(model: nn.Module, x: torch.Tensor) -> int:
 __all__ = [
     "run_autoattack",
     "apgd",
+    "apgd_all_examples",
+    "apgd_t",
     "apgd_targeted_to",
     "square",
     "autoattack_version",

@@ -24,6 +24,9 @@ from ..data import file_digest, load_dataset
 from ..distributed import barrier, init_distributed
 from ..errors import UserError
 
+#: version of the suite's attack list; part of a chunk's settings (see _run_chunks)
+SUITE_VERSION = 2
+
 
 def evaluate_checkpoint(
     checkpoint: Path,
@@ -41,6 +44,7 @@ def evaluate_checkpoint(
     threads: int = 0,
     chunk_size: int = 0,
     autoattack_version: str = "standard",
+    standalone: bool = False,
 ) -> dict | None:
     """Evaluate the weights file ``checkpoint`` on the first ``n_examples`` (0 = all) test examples
     of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
@@ -87,6 +91,7 @@ def evaluate_checkpoint(
         "trained_epochs": ckpt.meta.get("epoch", -1) + 1,
         "train_config": ckpt.given,
         "architecture": spec,
+        "first_example": 0,  # test-set index of the report's first example (ancra verify)
     }
     subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
     common = dict(
@@ -99,6 +104,7 @@ def evaluate_checkpoint(
         dataset=dataset,
         quick=quick,
         autoattack_version=autoattack_version,
+        standalone=standalone,
         meta=meta,
         subset=subset,
     )
@@ -112,7 +118,12 @@ def evaluate_checkpoint(
             "quick": quick,
             "batch_size": batch_size,
             "transfer_hash": "sha256:" + file_digest(transfer_from, "sha256") if transfer_from else None,
+            # the attacks of the suite changed with the evaluation v2 (saved inputs, new budgets):
+            # chunks of the first version (no key) are not mixed with new ones
+            "suite_version": SUITE_VERSION,
         }
+        if standalone:
+            meta["settings"]["standalone"] = True
         if autoattack_version != "standard":  # absent for standard: chunks of earlier versions stay valid
             meta["settings"]["autoattack_version"] = autoattack_version
         report = _run_chunks(model, x, y, out, chunk_size, info, common)
@@ -121,7 +132,8 @@ def evaluate_checkpoint(
     else:
         bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
         lo, hi = bounds[info.rank], bounds[info.rank + 1]
-        evaluate(model, x[lo:hi], y[lo:hi], out_dir=out / f"shard-{info.rank}", progress=info.is_main, **common)
+        shard = {**common, "meta": {**meta, "first_example": lo}}
+        evaluate(model, x[lo:hi], y[lo:hi], out_dir=out / f"shard-{info.rank}", progress=info.is_main, **shard)
         barrier(info)
         report = merge_reports([out / f"shard-{r}" for r in range(info.world_size)], out) if info.is_main else None
         barrier(info)
@@ -174,7 +186,7 @@ def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict |
             y[a:b],
             out_dir=d,
             progress=info.is_main,
-            **{**common, "subset": f"test examples {a}-{b - 1}"},
+            **{**common, "subset": f"test examples {a}-{b - 1}", "meta": {**common["meta"], "first_example": a}},
         )
     barrier(info)
     report = None

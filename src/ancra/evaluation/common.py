@@ -184,3 +184,19 @@ def frozen(*modules: nn.Module | None):
             if isinstance(m, nn.Module):
                 stack.enter_context(attack_mode(m))
         yield
+
+
+@contextlib.contextmanager
+def fp32_math(device):
+    """Evaluate in true fp32: on CUDA, TF32 off for matmuls and cuDNN convolutions (they round
+    inputs to 10 mantissa bits, enough to move a decision at the boundary an attack just crossed);
+    restored on exit. Nothing to change on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from ..data.registry import find_dataset
+from .adversarial import ADVERSARIAL, merge_adversarial
 from .common import acc, worst_case
+from .diagnostics import BLIND_KEY, blind_gradient, gate_flips, probe_keys
 from .sanity import sanity_flags
 
 PER_EXAMPLE = "per_example.pt"
@@ -66,9 +68,61 @@ def _stats(t: torch.Tensor) -> dict | None:
     }
 
 
+def _gate_summary(pe: dict[str, torch.Tensor], has_adv: torch.Tensor) -> dict:
+    """Gate flips among the examples with a successful adversarial input, per RA block, and the
+    agreement of the final and last aux head. The last gate's class is the final decision (the
+    final head repeats the last aux head), so it flips by construction whenever an attack
+    succeeds; the earlier gates say whether the attack moved the gating itself. The any-gate rate
+    is kept for reports written before per-gate flips (only ``diag/gate_flip`` in their tensors)."""
+    if "diag/agree_clean" not in pe:
+        return {}
+    on_adv = has_adv.any()
+    flips = gate_flips(pe)
+    d: dict = {}
+    if flips:
+        d["gate_flip_rate_among_successes_by_gate"] = {
+            f"gate {i}": acc(f[has_adv]) if on_adv else None for i, f in flips.items()
+        }
+        anyf = torch.stack(list(flips.values())).any(0)
+        d["gate_flip_note"] = f"gate {max(flips)} (the last) flips by construction when the final decision changes" + (
+            "; the earlier gates' rates say whether attacks moved the gating" if len(flips) > 1 else ""
+        )
+    else:
+        anyf = pe["diag/gate_flip"]
+    d["gate_flip_rate_among_successes"] = acc(anyf[has_adv]) if on_adv else None
+    d["final_vs_last_aux_agreement_clean"] = acc(pe["diag/agree_clean"])
+    d["final_vs_last_aux_agreement_adv"] = acc(pe["diag/agree_adv"][has_adv]) if on_adv else None
+    return d
+
+
+def _blind_summary(pe: dict[str, torch.Tensor]) -> dict:
+    """The blind-gradient probe on the clean-correct examples: the fraction whose gradient is blind
+    (:func:`~.diagnostics.blind_gradient`); among those, the fraction with a float32 CE of exactly
+    0 and the fraction whose prediction changed where the gradient predicted no change; per step
+    size the median of actual over predicted CE change (about 1 or more: healthy)."""
+    probe = blind_gradient(pe)
+    if probe is None:
+        return {}
+    clean = pe["clean"].cpu()
+    blind, changed = probe[0][clean], probe[1][clean]
+    sat = pe.get("diag/ce_saturated", torch.zeros_like(clean)).cpu()[clean]
+    ratios = {}
+    for h in probe_keys(pe):
+        pred, actual = (pe[f"{BLIND_KEY}/{h}/{k}"].cpu()[clean] for k in ("predicted", "actual"))
+        r = (actual / pred)[pred > 0]
+        ratios[h] = float(r.median()) if r.numel() else None
+    return {
+        "blind_gradient_fraction_of_clean_correct": acc(blind),
+        "blind_gradient_saturated_ce": acc(sat[blind]) if blind.any() else None,
+        "blind_gradient_changed_prediction_anyway": acc(changed[blind]) if blind.any() else None,
+        "probe_median_actual_over_predicted_ce_change": ratios,
+    }
+
+
 def diagnostics(pe: dict[str, torch.Tensor]) -> dict:
-    """A8 summary: gate-flip rate among successful adversarial examples, agreement of the final and
-    last aux head (clean / adversarial), zero input gradients, final-logit margins."""
+    """A8 summary: final-logit margins, zero input gradients, the blind-gradient probe and, for RA
+    models, per-gate flip rates among successful adversarial examples and the agreement of the
+    final and last aux head (clean / adversarial)."""
     if "diag/margin_clean" not in pe:
         return {}
     has_adv = pe["diag/has_adv"]
@@ -79,11 +133,7 @@ def diagnostics(pe: dict[str, torch.Tensor]) -> dict:
         "margin_clean": _stats(pe["diag/margin_clean"]),
         "margin_adv": _stats(pe["diag/margin_adv"][has_adv]),
     }
-    if "diag/gate_flip" in pe:
-        d["gate_flip_rate_among_successes"] = acc(pe["diag/gate_flip"][has_adv]) if has_adv.any() else None
-        d["final_vs_last_aux_agreement_clean"] = acc(pe["diag/agree_clean"])
-        d["final_vs_last_aux_agreement_adv"] = acc(pe["diag/agree_adv"][has_adv]) if has_adv.any() else None
-    return d
+    return d | _blind_summary(pe) | _gate_summary(pe, has_adv)
 
 
 def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context: dict) -> dict:
@@ -149,7 +199,12 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "hardware": context.get("hardware"),
         "config": context.get("config"),
         "meta": context.get("meta"),
-        "files": {"per_example": PER_EXAMPLE, "markdown": "report.md", "plots": ["acc_vs_eps.png", "acc_vs_steps.png"]},
+        "files": {
+            "per_example": PER_EXAMPLE,
+            "adversarial": ADVERSARIAL,
+            "markdown": "report.md",
+            "plots": ["acc_vs_eps.png", "acc_vs_steps.png"],
+        },
     }
     return report
 
@@ -193,14 +248,19 @@ def to_markdown(r: dict) -> str:
             + (" (quick)" if aa.get("quick") else ""),
             "",
         ]
+    ours = [f for f in r["flags"] if not f.startswith("aa_")]
+    theirs = [f for f in r["flags"] if f.startswith("aa_")]
     lines += ["## Flags", ""]
-    lines += [f"- {f}" for f in r["flags"]] or ["- none"]
+    lines += [f"- {f}" for f in ours] or ["- none"]
+    if theirs:
+        lines += ["", "## AutoAttack's own checks", "", "Warnings in the reference AutoAttack's log, not ours.", ""]
+        lines += [f"- {f}" for f in theirs]
     d = r.get("diagnostics") or {}
     if d:
         lines += ["", "## Diagnostics (A8)", ""]
         for k, v in d.items():
             if isinstance(v, dict):
-                v = ", ".join(f"{a}={b:.3g}" for a, b in v.items())
+                v = ", ".join(f"{a}={'-' if b is None else f'{b:.3g}'}" for a, b in v.items())
             elif isinstance(v, float):
                 v = f"{v:.4g}"
             lines.append(f"- {k}: {v}")
@@ -381,4 +441,8 @@ def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
     context["total_seconds"] = sum(s["context"].get("total_seconds") or 0 for s in shards)
     context["subset"] = subset or f"merged from {len(shards)} shards"
     context["shards"] = [str(d) for d in shard_dirs]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    stale = Path(out_dir) / ADVERSARIAL
+    if merge_adversarial(shard_dirs, out_dir) is None and stale.is_file():
+        stale.unlink()  # inputs of an earlier merge must not sit beside a report they do not match
     return write_report(pe, attacks, context, out_dir)

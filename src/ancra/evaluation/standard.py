@@ -92,7 +92,7 @@ def pgd_attack(
     clean_correct: torch.Tensor | None = None,
     name: str | None = None,
     dataset: str = "fmnist",
-    device="cpu",
+    device=None,
 ) -> AttackResult:
     """PGD-``steps`` on ``loss`` (``ce``; ``cw`` is CW-inf), uniform random start in the eps-ball.
 

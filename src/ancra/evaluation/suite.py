@@ -4,12 +4,15 @@ Suites:
 
 * ``standard`` ("Standard suite"): clean, FGSM, PGD-20, PGD-40, CW-inf-30, AutoAttack.
 * ``adaptive`` ("Adaptive attacks"): clean, FGSM, PGD-20 and AutoAttack, then the adaptive cascade A1-A6
-  (RA models; A6 only for plain models), A7 ablation and A8 diagnostics. Headline of an RA model:
+  (RA models; A6 only for plain models), A7 ablation and A8 diagnostics; with ``standalone`` also
+  each adaptive family alone on every clean-correct example. Headline of an RA model:
   the per-example minimum over every attack that counts: the standard ones, AutoAttack and A1-A6
   (``worst_case_acc``; the report lists them in ``worst_case_over``).
 * ``full``: both.
 
 The sanity checks ("Sanity checks") run with every suite (their extra attacks are cheap PGD runs).
+Every broken example's adversarial input is kept in ``adversarial.pt`` (:mod:`.adversarial`) for
+``ancra verify``. On CUDA the evaluation runs with TF32 off (:func:`~.common.fp32_math`).
 The CLI calls ``load_model`` and then :func:`evaluate`; a multi-process evaluation runs shards of
 the test set with ``evaluate`` each and merges them with :func:`~.report.merge_reports`.
 """
@@ -26,19 +29,19 @@ from ..attacks import attack_mode
 from ..errors import UserError
 from ..hardware import device_info
 from . import autoattack as aam
-from .adaptive import AdaptiveConfig, a7_ra_off, run_adaptive
-from .common import AttackResult, EvalLog, is_ra_model, with_grad_path
+from .adaptive import a7_ra_off, run_adaptive, run_standalone
+from .adversarial import AdversarialStore
+from .common import AttackResult, EvalLog, fp32_math, is_ra_model, with_grad_path
+from .config import SUITES, EvalConfig
 from .diagnostics import a8_diagnostics
 from .report import software_versions, write_report
 from .sanity import run_sanity
 from .standard import clean, cw_attack, default_step, fgsm_attack, pgd_attack
 
-SUITES = ("standard", "adaptive", "full")
+__all__ = ["SUITES", "EvalConfig", "evaluate"]
 
 
-def _check_inputs(model, x, y, suite, eps, batch_size, autoattack_version):
-    if suite not in SUITES:
-        raise UserError(f"unknown evaluation suite {suite!r}: choose one of {', '.join(SUITES)}")
+def _check_inputs(model, x, y) -> None:
     if not isinstance(model, nn.Module):
         raise UserError("evaluate() needs a torch.nn.Module")
     if not torch.is_tensor(x) or not torch.is_tensor(y) or x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
@@ -47,15 +50,6 @@ def _check_inputs(model, x, y, suite, eps, batch_size, autoattack_version):
         raise UserError("no examples to evaluate")
     if not x.is_floating_point() or float(x.min()) < 0 or float(x.max()) > 1:
         raise UserError("images must be float tensors in [0, 1] (the models normalise nothing)")
-    if not 0 < eps <= 1:
-        raise UserError(f"eps must be in (0, 1], got {eps}")
-    if batch_size < 1:
-        raise UserError("batch_size must be >= 1")
-    if autoattack_version not in ("standard", "plus", "rand"):
-        raise UserError(
-            f"unknown AutoAttack version {autoattack_version!r}: choose standard, plus or rand "
-            "(quick=True runs the reduced custom version)"
-        )
 
 
 def evaluate(
@@ -63,78 +57,81 @@ def evaluate(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    suite: str = "standard",
-    eps: float,
     out_dir,
-    batch_size: int = 256,
-    seed: int = 0,
+    eps: float | None = None,
+    suite: str = "standard",
+    config: EvalConfig | None = None,
     transfer_model: nn.Module | None = None,
-    device: str | torch.device = "cpu",
-    dataset: str = "fmnist",
     progress: bool = True,
-    autoattack_version: str = "standard",
-    square_queries: int = 5000,
-    quick: bool = False,
     meta: dict | None = None,
-    pgd_step: float | None = None,
-    adaptive_square_queries: int | None = None,
     subset: str | None = None,
+    **settings,
 ) -> dict:
     """Evaluate ``model`` on ``(x, y)`` under an L-inf budget ``eps``; write and return the report.
 
     Args:
         model: any classifier ``model(x) -> logits``; RA models (``RANet`` with ``ra_blocks > 0``)
             get the adaptive attacks A1-A5/A7 and the gate diagnostics.
-        x, y: test images (float in [0, 1]) and labels.
-        suite: ``standard``, ``adaptive`` or ``full`` (see module docstring).
-        out_dir: folder for ``report.json``, ``report.md``, the plots, ``per_example.pt``, the
-            AutoAttack state (resumable) and logs.
+        x, y: test images (float in [0, 1]) and labels, on the device to evaluate on (the model
+            is moved there unless ``device`` says otherwise).
+        out_dir: folder for ``report.json``, ``report.md``, the plots, ``per_example.pt``,
+            ``adversarial.pt``, the AutoAttack state (resumable) and logs.
+        eps, suite: the budget and the suite (see the module docstring).
+        config: an :class:`EvalConfig` with every setting (then ``eps``, ``suite`` and
+            ``settings`` must not be given).
         transfer_model: a same-architecture model trained without RA (A6 transfer source; used
             by the ``adaptive`` and ``full`` suites).
-        autoattack_version: ``standard`` (reference), ``plus`` or ``rand``; ``quick`` replaces it by
-            ``custom`` APGD-CE + APGD-T with 20 iterations (tests and demos only; recorded).
-        square_queries: Square queries inside AutoAttack (5000 in the standard version).
-        quick: reduced budgets everywhere (recorded in the report; never for headline numbers).
-        meta: free-form run information (``checkpoint_hash``, model-selection rule...), copied
-            into the report.
-        pgd_step: PGD step size (default 2/255 on CIFAR-like data, eps/4 otherwise).
-        adaptive_square_queries: A6 Square queries (default 20000, 500 when ``quick``).
+        meta: free-form run information (``checkpoint``, ``checkpoint_hash``, ``first_example``,
+            model-selection rule...), copied into the report.
         subset: label of the example subset (e.g. ``"first 1000 test examples"``) for the report.
+        settings: any other :class:`EvalConfig` field (``batch_size``, ``seed``, ``quick``,
+            ``autoattack_version``, ``device``, ``dataset``, ``standalone``, adaptive budgets...).
     Returns the report dict (also in ``out_dir/report.json``).
     """
-    _check_inputs(model, x, y, suite, eps, batch_size, autoattack_version)
-    t_start = time.time()
+    if config is None:
+        if eps is None:
+            raise UserError("evaluate() needs eps (or a config)")
+        try:
+            config = EvalConfig.make(eps, suite=suite, **settings)
+        except TypeError as e:
+            raise UserError(str(e)) from None
+    elif eps is not None or settings:
+        raise UserError("evaluate(): give either config or eps/suite/settings, not both")
+    cfg = config
+    _check_inputs(model, x, y)
+    device = torch.device(cfg.device) if cfg.device is not None else x.device
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    log = EvalLog(progress)
+    cfg = cfg.with_(device=device, out_dir=out_dir, echo=log if progress else None)
+    with fp32_math(device):
+        report = _evaluate(model, x, y, cfg, transfer_model, log, meta, subset)
+    return report
+
+
+def _evaluate(model, x, y, cfg: EvalConfig, transfer_model, log: EvalLog, meta, subset) -> dict:
+    t_start = time.time()
+    device, eps, bs, out_dir = cfg.device, cfg.eps, cfg.batch_size, cfg.out_dir
     model = model.to(device)
     if transfer_model is not None:
         transfer_model = transfer_model.to(device)
     x = x.detach().to(device, torch.float32)
     y = y.detach().to(device, torch.long)
     n = len(x)
-    log = EvalLog(progress)
-    torch.manual_seed(seed)
-    step = default_step(eps, dataset) if pgd_step is None else pgd_step
+    torch.manual_seed(cfg.seed)
+    step = default_step(eps, cfg.dataset) if cfg.pgd_step is None else cfg.pgd_step
     ra = is_ra_model(model)
     log(
         f"evaluating {type(model).__name__} ({'RA' if ra else 'no RA'}) on {n} examples, eps={eps:g}, "
-        f"suite={suite}{' (quick)' if quick else ''}"
+        f"suite={cfg.suite}{' (quick)' if cfg.quick else ''}"
     )
 
     extra_flags: list[str] = []
     results: list[AttackResult] = []
-    x_store = x.clone()  # one successful adversarial input per example (A8)
-    has_adv = torch.zeros(n, dtype=torch.bool, device=device)
+    store: AdversarialStore | None = None
 
     def add(r: AttackResult) -> AttackResult:
-        nonlocal has_adv
-        if r.x_adv is not None:
-            new = clean_correct & ~r.correct & ~has_adv  # inputs this attack produced that fool the model
-            if new.any():
-                x_store[new] = r.x_adv[new]
-                has_adv |= new
-            r.x_adv = None  # free memory: only the store is kept
+        store.add(r)  # keeps the inputs that broke new examples, frees r.x_adv
         results.append(r)
         if not r.cascade:  # cascade attacks print their own line as they finish
             log(f"{r.name}: acc {r.acc:.2%} in {r.seconds:.1f} s")
@@ -150,68 +147,67 @@ def evaluate(
                 "no_gradient_path: model(x) has no autograd path to x (non-differentiable output); "
                 "gradient attacks on it see zero gradients"
             )
-        clean_correct = add(clean(model, x, y, batch_size=batch_size)).robust
+        first = clean(model, x, y, batch_size=bs)
+        clean_correct = first.robust
+        store = AdversarialStore(x, y, clean_correct)
+        add(first)
         common = dict(
-            eps=eps, batch_size=batch_size, clean_correct=clean_correct, seed=seed, dataset=dataset, device=device
+            eps=eps, batch_size=bs, clean_correct=clean_correct, seed=cfg.seed, dataset=cfg.dataset, device=device
         )
         have = {}
-        add(fgsm_attack(attacked, x, y, eps=eps, batch_size=batch_size, clean_correct=clean_correct))
+        add(fgsm_attack(attacked, x, y, eps=eps, batch_size=bs, clean_correct=clean_correct))
         have["pgd-20"] = add(pgd_attack(attacked, x, y, steps=20, step_size=step, **common))
-        if suite in ("standard", "full"):
+        if cfg.suite in ("standard", "full"):
             have["pgd-40"] = add(pgd_attack(attacked, x, y, steps=40, step_size=step, **common))
             add(cw_attack(attacked, x, y, steps=30, step_size=step, **common))
-        aa_res = aam.run_autoattack(
-            attacked,
-            x,
-            y,
-            eps=eps,
-            version=autoattack_version,
-            quick=quick,
-            square_queries=square_queries,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            out_dir=out_dir,
-            name="autoattack",
-            clean_correct=clean_correct,
-            echo=log if progress else None,
-        )
-        add(aa_res)
-
-        cfg = None
-        diag = {}
-        if suite in ("adaptive", "full"):
-            cfg = AdaptiveConfig.make(
-                eps,
-                quick,
-                batch_size=batch_size,
-                seed=seed,
+        add(
+            aam.run_autoattack(
+                attacked,
+                x,
+                y,
+                eps=eps,
+                version=cfg.autoattack_version,
+                quick=cfg.quick,
+                square_queries=cfg.square_queries,
+                batch_size=bs,
+                seed=cfg.seed,
                 device=device,
                 out_dir=out_dir,
-                echo=log if progress else None,
-                square_queries=adaptive_square_queries,
+                name="autoattack",
+                clean_correct=clean_correct,
+                echo=cfg.echo,
             )
+        )
+
+        if cfg.adaptive:
             alive = torch.stack([r.robust for r in results if r.in_worst_case]).all(0)
             log(f"adaptive suite on the {int(alive.sum())} examples that survived the attacks above")
             for r in run_adaptive(model, x, y, alive=alive, cfg=cfg, transfer_model=transfer_model):
                 add(r)
+            if cfg.standalone:
+                for r in run_standalone(
+                    model, x, y, clean_correct=clean_correct, cfg=cfg, transfer_model=transfer_model
+                ):
+                    add(r)
             if ra:
-                for r in a7_ra_off(model, x, y, eps=eps, steps=20, step_size=step, batch_size=batch_size, seed=seed):
+                for r in a7_ra_off(model, x, y, eps=eps, steps=20, step_size=step, batch_size=bs, seed=cfg.seed):
                     add(r)
         log("A8 diagnostics and sanity checks")
-        diag = a8_diagnostics(model, x, y, x_store, has_adv, batch_size=batch_size, grad_model=attacked)
+        diag = a8_diagnostics(
+            model, x, y, store.x_adv, store.has, batch_size=bs, grad_model=attacked, eps=eps, seed=cfg.seed
+        )
         sanity = run_sanity(
             attacked,
             x,
             y,
             eps=eps,
-            dataset=dataset,
+            dataset=cfg.dataset,
             clean_correct=clean_correct,
             have=have,
-            quick=quick,
-            adaptive=suite in ("adaptive", "full"),
-            batch_size=batch_size,
-            seed=seed,
+            quick=cfg.quick,
+            adaptive=cfg.adaptive,
+            batch_size=bs,
+            seed=cfg.seed,
             step_size=step,
             echo=log,
             ra_model=model,
@@ -227,11 +223,11 @@ def evaluate(
     pe.update(sanity)
     spec = getattr(model, "spec", None)
     context = {
-        "dataset": dataset,
+        "dataset": cfg.dataset,
         "eps": eps,
-        "seed": seed,
-        "suite": suite,
-        "quick": quick,
+        "seed": cfg.seed,
+        "suite": cfg.suite,
+        "quick": cfg.quick,
         "model_spec": dict(spec) if isinstance(spec, dict) else None,
         "architecture": type(model).__name__,
         "is_ra_model": ra,
@@ -242,18 +238,16 @@ def evaluate(
         "hardware": device_info(device),
         "total_seconds": round(time.time() - t_start, 2),
         "config": {
-            "batch_size": batch_size,
+            **cfg.as_dict(),
             "device": str(device),
             "pgd_step": step,
-            "autoattack_version": autoattack_version,
-            "square_queries": square_queries,
-            "quick": quick,
+            "tf32": False if device.type == "cuda" else None,
             "transfer_model": None
             if transfer_model is None
             else (getattr(transfer_model, "spec", None) or type(transfer_model).__name__),
-            "adaptive": cfg.as_dict() if cfg is not None else None,
         },
     }
+    store.save(out_dir)  # before the report: a report.json always has its inputs beside it
     report = write_report(pe, attacks, context, out_dir)
     log(
         f"clean {report['clean_acc']:.2%}, AutoAttack {report['autoattack_acc']:.2%}, worst case "

@@ -13,9 +13,9 @@ hard      ``W[argmax aux]``: the real model (forward and gradient identical to `
 bpda      straight-through / BPDA (A2): forward ``W[argmax aux]``, backward through
           ``softmax(aux / T) @ W``
 soft      soft surrogate (A3): ``softmax(aux / T) @ W`` forward and backward
-fixed     ``W[t]`` for one class ``t`` (A4 branch enumeration; A5 true-label masks when the batch
-          holds only examples of class ``t``). A5 leaks the label: gradient source only, never
-          reported as a classifier.
+fixed     ``W[t]`` for a class ``t``, one for the batch or one per example (A4 branch enumeration:
+          a target per example; A5 true-label masks: ``t = y``). A5 leaks the label: gradient
+          source only, never reported as a classifier.
 off       no mask at all: the RA-removed twin (A6 source, A7 ablation); its final logits are the
           last block's aux head computed on unmasked features
 ========  =========================================================================================
@@ -24,6 +24,15 @@ off       no mask at all: the RA-removed twin (A6 source, A7 ablation); its fina
 standalone classifier, A1), ``poe`` (the product of experts ``sum_h log_softmax(head_h)`` over the
 final and every aux head, whose CE is ``sum_h CE(head_h)`` up to a normaliser: lets the reference
 APGD attack ``CE(a1)+CE(a2)+CE(f)``, A1), or use :meth:`RAView.heads` for every head at once.
+
+Bookkeeping on the deployed model (``deployed_values=True``): the reference APGD, APGD-T and
+Square decide everything from the output they attack (which examples to attack, success, which
+iterate to keep, when to stop, which classes to target). Run on a surrogate, they would keep the
+last point that fooled the surrogate and skip examples the surrogate already gets wrong. With
+``deployed_values`` the view returns ``s + (model(x) - s).detach()``: the deployed model's values
+with the surrogate's gradient, so every such decision is about the model being evaluated. (For the
+hard gate the deployed logits come from the same forward; other gates pay one no-grad forward.)
+:class:`DeployedValues` does the same for any other gradient source (a transfer model).
 
 Exactness: for ``hard`` and ``bpda`` the final output is forced to equal ``model(x)`` in the forward
 pass (``out + (model(x) - out).detach()``) whenever the re-run differs, so a subclass that changes
@@ -48,8 +57,11 @@ class RAView(nn.Module):
         model: the RA model (kept as a submodule; its parameters are shared, never copied).
         gate: one of :data:`GATES`.
         temperature: ``T`` of the soft gate (``bpda``/``soft``).
-        fixed_class: the class ``t`` of the ``fixed`` gate.
+        fixed_class: the class ``t`` of the ``fixed`` gate: an int, or a ``(B,)`` tensor with one class
+            per example of the batches this view will see.
         output: ``final``, ``aux<i>``, ``last_aux`` or ``poe``.
+        deployed_values: return the deployed model's values with this view's gradient (see the
+            module docstring).
     """
 
     def __init__(
@@ -58,8 +70,9 @@ class RAView(nn.Module):
         gate: str = "hard",
         *,
         temperature: float = 1.0,
-        fixed_class: int | None = None,
+        fixed_class: int | torch.Tensor | None = None,
         output: str = "final",
+        deployed_values: bool = False,
     ) -> None:
         super().__init__()
         if gate not in GATES:
@@ -73,6 +86,7 @@ class RAView(nn.Module):
         self.temperature = float(temperature)
         self.fixed_class = fixed_class
         self.output = output
+        self.deployed_values = bool(deployed_values)
         self._exact_checked = False
         self._needs_exact = False
         # A fresh module is in training mode, and attack_mode() restores a wrapper's mode on exit,
@@ -80,7 +94,11 @@ class RAView(nn.Module):
         self.training = model.training
 
     def extra_repr(self) -> str:
-        return f"gate={self.gate}, T={self.temperature}, fixed_class={self.fixed_class}, output={self.output}"
+        t = self.fixed_class if not torch.is_tensor(self.fixed_class) else "per example"
+        return (
+            f"gate={self.gate}, T={self.temperature}, fixed_class={t}, output={self.output}, "
+            f"deployed_values={self.deployed_values}"
+        )
 
     # ------------------------------------------------------------------------------------------
     def _mask(self, aux: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
@@ -90,6 +108,10 @@ class RAView(nn.Module):
         if self.gate == "hard":
             return w[aux.argmax(1)]
         if self.gate == "fixed":
+            if torch.is_tensor(self.fixed_class):
+                if len(self.fixed_class) != aux.shape[0]:
+                    raise ValueError("per-example fixed_class must have one class per example of the batch")
+                return w[self.fixed_class]
             return w[self.fixed_class].expand(aux.shape[0], -1)
         soft = F.softmax(aux / self.temperature, dim=1) @ w
         if self.gate == "soft":
@@ -122,6 +144,17 @@ class RAView(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         final, aux = self.heads(x)
+        out = self._select(final, aux)
+        if not self.deployed_values:
+            return out
+        if self.gate == "hard" and self.model.ra_blocks:
+            deployed = final.detach()  # the hard-gated final head is the deployed model (exact)
+        else:
+            with torch.no_grad():
+                deployed = self.model(x)
+        return out + (deployed - out).detach()
+
+    def _select(self, final: torch.Tensor, aux: list[torch.Tensor]) -> torch.Tensor:
         out = self.output
         if out == "final":
             return final
@@ -132,6 +165,24 @@ class RAView(nn.Module):
         if out.startswith("aux"):
             return aux[int(out[3:])]
         raise ValueError(f"unknown output {out!r}")
+
+
+class DeployedValues(nn.Module):
+    """``source(x) + (deployed(x) - source(x)).detach()``: the deployed model's values with the
+    gradient of another network (a transfer source), so that the reference attacks' bookkeeping
+    is about the deployed model (see the module docstring)."""
+
+    def __init__(self, source: nn.Module, deployed: nn.Module) -> None:
+        super().__init__()
+        self.source = source
+        self.deployed = deployed
+        self.training = deployed.training  # see RAView: never cascade train() into the models
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.source(x)
+        with torch.no_grad():
+            d = self.deployed(x)
+        return s + (d - s).detach()
 
 
 def gates_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
