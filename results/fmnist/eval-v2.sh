@@ -12,14 +12,14 @@
 # each step the merged report of the first n images is in results/fmnist/eval-v2/NAME/, which
 # `ancra verify results/fmnist/eval-v2/NAME` re-checks.
 #   bash results/fmnist/eval-v2.sh [N] [extra ancra eval flags, e.g. --device cuda]
-#   K=... OUT=... bash results/fmnist/eval-v2.sh ...   (chunk size, target folder)
+#   K=... OUT=... MODELS="a b" bash results/fmnist/eval-v2.sh ...   (chunk size, target folder, models)
 # RA models get the plain model of the same base method as their A6 transfer source.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-1000}; shift || true
 export K=${K:-100} OUT=${OUT:-results/fmnist/eval-v2} EXTRA="$*"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-MODELS="standard pgd-at ancra-pgd trades ancra-trades mart ancra-mart trades-anc-only trades-ra-only"
+MODELS=${MODELS:-"standard pgd-at ancra-pgd trades ancra-trades mart ancra-mart trades-anc-only trades-ra-only"}
 evaluate() {  # NAME N: evaluate the first N images of NAME (only its unfinished chunks run)
     local name=$1 n=$2 extra=()
     declare -A transfer=([ancra-pgd]=pgd-at [ancra-trades]=trades [ancra-mart]=mart [trades-ra-only]=trades)
