@@ -425,7 +425,7 @@ def test_sanity_flags_on_synthetic_results():
         k: {"group": "standard", "kind": "whitebox", "in_worst_case": True, "info": {}}
         for k in ("clean", "fgsm", "pgd-20")
     }
-    flags, _ = sanity_flags(pe, meta, dataset="fmnist", eps=0.1)
+    flags, _ = sanity_flags(pe, meta, eps=0.1)
     codes = {f.split(":")[0] for f in flags}
     assert {"fgsm_stronger_than_pgd", "pgd_above_clean", "eps_plateau", "unbounded_below_100"} <= codes
     healthy = dict(
@@ -437,7 +437,7 @@ def test_sanity_flags_on_synthetic_results():
             "unbounded/pgd": torch.zeros(n, dtype=torch.bool),
         },
     )
-    assert sanity_flags(healthy, meta, dataset="fmnist", eps=0.1)[0] == []
+    assert sanity_flags(healthy, meta, eps=0.1)[0] == []
 
 
 def test_eps_fraction_and_bad_inputs(trained_small, data, tmp_path):
@@ -460,11 +460,11 @@ def test_restart_flag_says_what_was_measured():
     one_start = torch.arange(n) < 300  # PGD-20: 75%
     worst_of_five = torch.arange(n) < 280  # 70% over 5 starts
     pe = {"clean": torch.ones(n, dtype=torch.bool), f"{STEPS_KEY}/20": one_start, f"{RESTARTS_KEY}/5": worst_of_five}
-    flags, _ = sanity_flags(pe, {}, dataset="fmnist", eps=0.1)
+    flags, _ = sanity_flags(pe, {}, eps=0.1)
     (flag,) = [f for f in flags if f.startswith("restarts_keep_dropping")]
     assert "75.0% from one random start -> 70.0%" in flag and "over 5 random starts (the first + 4 more)" in flag
     pe[f"{RESTARTS_KEY}/5"] = one_start.clone()  # no drop: no flag
-    assert not any(f.startswith("restarts_keep_dropping") for f in sanity_flags(pe, {}, dataset="fmnist", eps=0.1)[0])
+    assert not any(f.startswith("restarts_keep_dropping") for f in sanity_flags(pe, {}, eps=0.1)[0])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def _probe(model, x, y):
         "clean": clean,
         **a8_diagnostics(model, x, y, x, torch.zeros(N, dtype=torch.bool), grad_model=grad_model, eps=EPS),
     }
-    flags, summary = sanity_flags(pe, {}, dataset="fmnist", eps=EPS)
+    flags, summary = sanity_flags(pe, {}, eps=EPS)
     return pe, flags, summary
 
 
@@ -233,7 +233,7 @@ def curve_pe(n: int, curves: dict[str, list[int]]) -> dict[str, torch.Tensor]:
 
 
 def curve_codes(n, curves):
-    return codes(sanity_flags(curve_pe(n, curves), {}, dataset="fmnist", eps=EPS)[0])
+    return codes(sanity_flags(curve_pe(n, curves), {}, eps=EPS)[0])
 
 
 @pytest.mark.parametrize(
@@ -274,7 +274,7 @@ def test_eps_curve_rules_are_those_documented():
 
 def test_eps_curve_gap_between_the_curves_of_one_sweep():
     masked = {"pgd": [160, 158, 150, 80, 60, 40], "adaptive": [156, 140, 120, 4, 0, 0]}
-    (gap,) = [f for f in sanity_flags(curve_pe(200, masked), {}, dataset="fmnist", eps=EPS)[0] if "gap" in f]
+    (gap,) = [f for f in sanity_flags(curve_pe(200, masked), {}, eps=EPS)[0] if "gap" in f]
     assert gap.startswith(
         "eps_curve_gap: at eps=0.2 the pgd curve is at 40.0%, more than twice the adaptive curve's 2.0%"
     )

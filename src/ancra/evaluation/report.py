@@ -148,7 +148,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     for k, m in attacks.items():
         raw = None if m.get("cascade") else acc(pe[f"correct/{k}"])
         table[k] = {"acc": acc(pe[f"robust/{k}"]), "raw_acc": raw, **m}
-    flags, sanity = sanity_flags(pe, attacks, dataset=dataset, eps=eps)
+    flags, sanity = sanity_flags(pe, attacks, eps=eps)
     flags = list(context.get("extra_flags", [])) + flags
     spec = context.get("model_spec")
     aa_info = attacks.get("autoattack", {}).get("info", {})

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..data.registry import find_dataset
 from .common import acc, batches, generator, is_ra_model, predict, tolerance, worst_case
+from .config import EvalConfig
 from .diagnostics import blind_gradient, probe_keys
 from .standard import pgd_attack
 
@@ -88,29 +89,27 @@ def run_sanity(
     x,
     y,
     *,
-    eps: float,
-    dataset: str,
+    cfg: EvalConfig,
     clean_correct: torch.Tensor,
     have: dict | None = None,
-    quick: bool = False,
-    adaptive: bool = False,
-    batch_size: int = 256,
-    seed: int = 0,
     step_size: float | None = None,
-    echo=None,
     ra_model=None,
 ) -> dict[str, torch.Tensor]:
     """Run the attacks of the sanity checks; returns per-example tensors (see module docstring).
 
     Args:
+        cfg: the evaluation's settings (eps, dataset, quick, batch size, seed, progress callback);
+            the adaptive curve and unbounded attack run when ``cfg.adaptive`` and the model has RA.
         have: already computed results by name (``pgd-20``, ``pgd-40``): reused in the steps curve
             (same seed, same random start, same step size).
-        adaptive: also the adaptive eps curve and unbounded attack (RA models only).
+        step_size: the PGD step of the standard suite (steps and restarts curves).
         ra_model: the RA model behind ``model`` when ``model`` is a wrapper of it (adaptive curve).
     """
+    eps, dataset, quick, batch_size, seed = cfg.eps, cfg.dataset, cfg.quick, cfg.batch_size, cfg.seed
+    echo = cfg.echo
     have = have or {}
     ra_model = model if ra_model is None else ra_model
-    adaptive = adaptive and is_ra_model(ra_model)
+    adaptive = cfg.adaptive and is_ra_model(ra_model)
     out: dict[str, torch.Tensor] = {}
     steps_sweep = 10 if quick else 20
 
@@ -363,9 +362,7 @@ def flag_code(line: str) -> str:
     return code
 
 
-def sanity_flags(
-    pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, dataset: str, eps: float
-) -> tuple[list[str], dict]:
+def sanity_flags(pe: dict[str, torch.Tensor], attacks: dict[str, dict], *, eps: float) -> tuple[list[str], dict]:
     """Flags (``"code: explanation"``) and a summary of the section-3 checks.
 
     ``pe`` holds the per-example tensors (``clean``, ``robust/<attack>``, ``correct/<attack>``,

@@ -197,20 +197,7 @@ def _evaluate(model, x, y, cfg: EvalConfig, transfer_model, log: EvalLog, meta, 
             model, x, y, store.x_adv, store.has, batch_size=bs, grad_model=attacked, eps=eps, seed=cfg.seed
         )
         sanity = run_sanity(
-            attacked,
-            x,
-            y,
-            eps=eps,
-            dataset=cfg.dataset,
-            clean_correct=clean_correct,
-            have=have,
-            quick=cfg.quick,
-            adaptive=cfg.adaptive,
-            batch_size=bs,
-            seed=cfg.seed,
-            step_size=step,
-            echo=log,
-            ra_model=model,
+            attacked, x, y, cfg=cfg, clean_correct=clean_correct, have=have, step_size=step, ra_model=model
         )
 
     pe: dict[str, torch.Tensor] = {"clean": clean_correct, "labels": y}
