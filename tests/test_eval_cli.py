@@ -37,6 +37,14 @@ def _eval_cmd(ckpt, out, *extra):
     ]
 
 
+def _torchrun(ckpt, out, *extra):
+    """`ancra eval` under torchrun with 2 CPU processes (gloo), one thread each."""
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += _eval_cmd(ckpt, out, "--device", "cpu", *extra)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=600)
+
+
 def _verify(report_dir, *extra):
     return subprocess.run(
         [sys.executable, "-m", "ancra", "verify", str(report_dir), *extra], capture_output=True, text=True, timeout=300
@@ -74,21 +82,7 @@ def test_report_fields_and_table(single):
 
 def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, tmp_path):
     out = tmp_path / "sharded"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            *_eval_cmd(checkpoint, out, "--device", "cpu"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    r = _torchrun(checkpoint, out)
     assert r.returncode == 0, r.stderr[-3000:]
     one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
     two = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
@@ -109,21 +103,7 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
 
 def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
     out = tmp_path / "chunks2"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            *_eval_cmd(checkpoint, out, "--device", "cpu", "--chunk-size", "16"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    r = _torchrun(checkpoint, out, "--chunk-size", "16")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 chunks of up to 16 examples: 0 finished, 3 to evaluate" in r.stdout
     assert "(2/2 of this process)" in r.stdout  # rank 0 took chunks 0 and 2, rank 1 chunk 1
