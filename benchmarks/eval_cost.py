@@ -1,0 +1,78 @@
+"""Cost and strength of the evaluation v2 against the committed full-budget study reports.
+
+For each study checkpoint with a v2 report (``results/fmnist/eval-v2/NAME``, written by
+``bash results/fmnist/eval-v2.sh N``) prints, on the images the v2 report covers: the seconds of the
+reference AutoAttack and of the whole ``--suite full`` (both from the same run, summed over its
+chunks), their ratio, the per-example worst case of the v2 suite and of the committed first-version
+report (``results/fmnist/NAME.per_example.pt``, full budgets) on the same images, their difference
+in points, and which examples only one of them broke. Also the seconds and breaks of every adaptive
+attack. ``--markdown`` prints the table of docs/PERFORMANCE.md.
+
+    python benchmarks/eval_cost.py [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ancra.evaluation.common import worst_case
+
+ROOT = Path(__file__).resolve().parents[1] / "results" / "fmnist"
+MODELS = "standard pgd-at ancra-pgd trades ancra-trades mart ancra-mart trades-anc-only trades-ra-only".split()
+
+
+def compare(name: str) -> dict | None:
+    new_dir = ROOT / "eval-v2" / name
+    if not (new_dir / "report.json").is_file():
+        return None
+    rep = json.loads((new_dir / "report.json").read_text())
+    new = torch.load(new_dir / "per_example.pt", weights_only=True)
+    old = torch.load(ROOT / f"{name}.per_example.pt", weights_only=True)
+    n = len(new["tensors"]["clean"])
+    wc_new = worst_case(new["tensors"], new["attacks"])
+    wc_old = worst_case(old["tensors"], old["attacks"])[:n]
+    t = rep["timings"]
+    adaptive = {k: (m["info"].get("broken"), m["seconds"]) for k, m in new["attacks"].items() if m.get("cascade")}
+    return {
+        "name": name,
+        "ra": rep["is_ra_model"],
+        "n": n,
+        "autoattack_s": t["autoattack"],
+        "total_s": t["total"],
+        "ratio": t["total"] / t["autoattack"],
+        "clean": rep["clean_acc"],
+        "autoattack": rep["autoattack_acc"],
+        "worst_new": float(wc_new.float().mean()),
+        "worst_old": float(wc_old.float().mean()),
+        "diff_pt": 100 * float(wc_new.float().mean() - wc_old.float().mean()),
+        "only_old_broke": (wc_new & ~wc_old).nonzero().squeeze(1).tolist(),
+        "only_new_broke": (wc_old & ~wc_new).nonzero().squeeze(1).tolist(),
+        "adaptive": adaptive,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--markdown", action="store_true")
+    a = p.parse_args()
+    rows = [r for r in map(compare, MODELS) if r is not None]
+    if not a.markdown:
+        for r in rows:
+            print(json.dumps(r))
+        return
+    cols = ["model", "RA", "images", "AutoAttack s", "full suite s", "ratio", "worst v1", "worst v2", "v2 - v1 (pt)"]
+    print("| " + " | ".join(cols) + " |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['name']} | {'yes' if r['ra'] else '-'} | {r['n']} | {r['autoattack_s']:.0f} | {r['total_s']:.0f} | "
+            f"{r['ratio']:.2f} | {100 * r['worst_old']:.2f} | {100 * r['worst_new']:.2f} | {r['diff_pt']:+.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
