@@ -69,3 +69,22 @@ def test_results_md_tables_are_table_py_output(args):
     assert tables, "table.py printed no table"
     for table in tables:
         assert table in doc, f"docs/RESULTS.md is stale: rerun results/fmnist/table.py {' '.join(args)}"
+
+
+V2 = sorted(p.parent for p in (STUDY / "eval-v2").glob("*/report.json"))
+
+
+@pytest.mark.parametrize("report_dir", V2, ids=[p.name for p in V2])
+def test_every_committed_v2_report_verifies(report_dir):
+    """`ancra verify` on each committed evaluation-v2 report: checkpoint hash, and every broken
+    example's saved input in the eps-ball, in [0, 1] and misclassified at batch size 1 in fp32."""
+    from ancra.evaluation import verify_report
+
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["suite"] == "full" and not report["quick"]
+    assert report["meta"]["checkpoint"] == f"results/fmnist/{report_dir.name}.pt"
+    result = verify_report(report_dir, checkpoint=STUDY / f"{report_dir.name}.pt", echo=None)
+    assert result.ok, result.problems
+    assert sum(r["saved"] for r in result.rows.values()) == report["n_examples"] - round(
+        report["n_examples"] * report["worst_case_acc"]
+    )

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# NOTE: this produced the reports results/fmnist/NAME.json with the first version of the suite
+# (code as of commit b04898a). Today's ancra runs the evaluation v2 here too; for v2 reports with
+# saved adversarial inputs use results/fmnist/eval-v2.sh.
 # Full-budget evaluation of every study checkpoint: `ancra eval --suite full` on the first N test
 # images (default 1000), in chunks of K = 100 that are kept when finished. Work goes chunk by chunk
 # across all models (every model's first 100 images, then the next 100, ...), two processes with one

@@ -221,8 +221,14 @@ def _apgd(module, x, y, cfg: EvalConfig, loss="ce"):
 @family("a1", "gate attacks: aux heads and the sum of every head's CE, hard gate", ra_only=True)
 def a1_specs(ctx: Context) -> list[Spec]:
     """Judged PGD on CE(f)+sum_h CE(aux_h); APGD-DLR on each aux head's own values (every example,
-    two candidates); APGD-CE on each aux head and APGD-T on the first one with the deployed
-    model's values; judged PGD on each aux head but the last. Cheap and effective first."""
+    two candidates); APGD-T on the first aux head's own values; APGD-CE on each aux head with the
+    deployed model's values; judged PGD on each aux head but the last. Cheap and effective first.
+
+    Why some runs keep a head's own values (docs/PERFORMANCE.md, "Cost of the evaluation"): the
+    deployed RA model's logits have large margins (its CE is often exactly 0 in float32, A8), so
+    a loss computed on its values gives the head's gradient little to follow; on the study's
+    checkpoints the own-value APGD-DLR and APGD-T broke examples the deployed-value runs did not.
+    Their candidates are still judged on the deployed model."""
     model, cfg = ctx.model, ctx.cfg
     n_aux = model.ra_blocks
     hard = RAView(model, "hard")
@@ -263,18 +269,8 @@ def a1_specs(ctx: Context) -> list[Spec]:
                     {"objective": f"APGD-DLR on aux{h}'s own values, every example", "n_iter": cfg.apgd_iter},
                 )
             )
-    for h in range(n_aux):
-        view = RAView(model, "hard", output=f"aux{h}", deployed_values=True)
-        specs.append(
-            Spec(
-                f"a1-apgd-ce-aux{h}",
-                "surrogate",
-                lambda x, y, v=view: [_apgd(v, x, y, cfg, "ce")],
-                {"objective": f"APGD-CE, gradient of aux{h}, deployed values", "n_iter": cfg.apgd_iter},
-            )
-        )
-    if cfg.apgd_t_targets:
-        aux0 = RAView(model, "hard", output="aux0", deployed_values=True)
+    if cfg.apgd_t_targets:  # the head's own values and ranking: measured stronger than deployed values
+        aux0 = RAView(model, "hard", output="aux0")
 
         def apgd_t(x, y):
             return [
@@ -297,10 +293,20 @@ def a1_specs(ctx: Context) -> list[Spec]:
                 "surrogate",
                 apgd_t,
                 {
-                    "objective": "APGD-T (targeted DLR), gradient of aux0",
+                    "objective": "APGD-T (targeted DLR) on aux0's own values and ranking",
                     "n_iter": cfg.apgd_iter,
                     "targets": cfg.apgd_t_targets,
                 },
+            )
+        )
+    for h in range(n_aux):
+        view = RAView(model, "hard", output=f"aux{h}", deployed_values=True)
+        specs.append(
+            Spec(
+                f"a1-apgd-ce-aux{h}",
+                "surrogate",
+                lambda x, y, v=view: [_apgd(v, x, y, cfg, "ce")],
+                {"objective": f"APGD-CE, gradient of aux{h}, deployed values", "n_iter": cfg.apgd_iter},
             )
         )
     for h in range(n_aux - 1):  # the last aux head decides the final class (A8); its CE is in a1-pgd-sum

@@ -382,8 +382,9 @@ def apgd_t(
     device=None,
 ) -> torch.Tensor:
     """Reference APGD-T (targeted DLR, the ``n_targets`` highest-ranked classes of ``module``'s
-    output in turn, as in AutoAttack) on ``module``; returns adversarial inputs. On a view with
-    ``deployed_values`` the ranking and every success check are the deployed model's."""
+    output in turn, as in AutoAttack) on ``module``; returns adversarial inputs, which the caller
+    judges on the deployed model. On a view with ``deployed_values`` the ranking and every success
+    check are the deployed model's."""
     require_autoattack()
     device = x.device if device is None else device
     out = []

@@ -73,9 +73,9 @@ class EvalConfig:
     pgd_steps: int = 100
     apgd_iter: int = 100
     dlr: bool = True
-    temperatures: tuple[float, ...] = (0.1, 0.5, 1.0)
+    temperatures: tuple[float, ...] = (0.1,)
     apgd_t_targets: int = 3
-    a4_targets: int | None = 3
+    a4_targets: int | None = 1
     square_queries_ra: int = 0
     square_queries_plain: int = 20000
     square_restarts: int = 2
