@@ -382,22 +382,26 @@ def test_judged_pgd_keeps_only_inputs_that_fool_the_judge(trained_small, data):
     assert (found - x).abs().max() <= EPS + 1e-6
 
 
-def test_autoattack_resumes_from_its_state(trained_small, data, tmp_path):
+def test_autoattack_reuses_finished_runs_and_restarts_interrupted_ones(trained_small, data, tmp_path):
     x, y = data[0][:16], data[1][:16]
     kw = dict(eps=EPS, quick=True, batch_size=16, out_dir=tmp_path, name="aa")
     first = run_autoattack(trained_small, x, y, **kw)
     assert first.info["resumed"] is None and first.info["version"] == "custom"
     again = run_autoattack(trained_small, x, y, **kw)
     assert again.info["resumed"] == "finished run reused" and torch.equal(again.robust, first.robust)
-    # an interrupted run: AutoAttack's own state says APGD-T has not run yet
+    # an interrupted run (AutoAttack's own state says APGD-T has not run yet) is restarted, not
+    # resumed: a resumed run would return no inputs for the examples broken before the stop
     (state,) = tmp_path.glob("aa_state_*.json")
     for p in tmp_path.glob("aa_result_*.pt"):
         p.unlink()
     d = json.loads(state.read_text())
     d["_run_attacks"] = ["apgd-ce"]
     state.write_text(json.dumps(d))
-    resumed = run_autoattack(trained_small, x, y, **kw)
-    assert resumed.info["resumed"].startswith("interrupted") and torch.equal(resumed.robust, first.robust)
+    redone = run_autoattack(trained_small, x, y, **kw)
+    assert redone.info["resumed"].startswith("interrupted run restarted")
+    assert torch.equal(redone.robust, first.robust)
+    broken = ~redone.correct
+    assert broken.any() and (trained_small(redone.x_adv[broken]).argmax(1) != y[broken]).all()
 
 
 def test_sanity_flags_on_synthetic_results():

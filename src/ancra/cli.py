@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = {
             "train": ": continue with `ancra train --resume DIR` (from the last completed epoch)",
-            "eval": ": rerun the same command; AutoAttack continues from its state file",
+            "eval": ": rerun the same command; with --chunk-size the finished chunks are kept",
         }.get(args.command, "")
         print(f"interrupted{hint}", file=sys.stderr)
         return 130

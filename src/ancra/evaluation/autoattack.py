@@ -10,11 +10,12 @@ What this module adds around it:
 
 * **Per-example results.** AutoAttack returns only ``x_adv``; the per-example ``robust`` flag is
   recomputed by running the *judge* (the real, hard-gated model) on ``x_adv``. When AutoAttack
-  attacks the real model itself, its own robust flags (in the state file) are ANDed in too, which
-  keeps the result exact after a resumed run (a resumed run only returns the examples of the
-  current run).
-* **Resumable runs.** ``state_path`` lives in the output folder, named after the attacked model,
-  version, eps and n, so a different configuration never reads a foreign state.
+  attacks the real model itself, its own robust flags (in the state file) are ANDed in too.
+* **Finished runs are kept.** The state file and, once finished, ``aa_result_*.pt`` (inputs, log,
+  seconds) live in the output folder, named after the attacked model, data, version, budgets, eps,
+  n and seed, so a rerun reuses a finished run and never reads a foreign one. An *interrupted* run
+  is restarted, not resumed: pyautoattack's resume returns only the inputs of the examples it
+  attacks after the restart, and every break the evaluation counts must keep its input.
 * **Its checks become flags.** AutoAttack logs warnings (randomised defence, softmax output, zero
   gradients, "Square beats white-box", dynamic forward, too many target classes) on the
   ``auto-attack`` logger. They are captured, written to ``autoattack*.log`` and turned into short
@@ -232,24 +233,22 @@ def run_autoattack(
             x_adv, records, seconds, resumed = saved["x_adv"], saved["log"], saved["seconds"], "finished run reused"
             cap_records = [logging.makeLogRecord(r) for r in records]
         else:
+            if state_path is not None and state_path.exists():
+                # An interrupted run could resume from AutoAttack's state, but a resumed run only
+                # returns the inputs of the examples it attacks after the restart: the examples
+                # broken before would be counted without an input that ``ancra verify`` can check.
+                # Start afresh (runs are chunk-sized; ``ancra eval --chunk-size`` keeps finished chunks).
+                state_path.unlink()
+                resumed = "interrupted run restarted (a resumed run loses the inputs found before the stop)"
             with Timer() as t, capture_autoattack_log(echo) as cap, patched_state():
-                if state_path is not None and state_path.exists():
-                    resumed = "interrupted run resumed from AutoAttack's state"
                 try:
                     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
                 except ValueError as e:
                     if state_path is not None and "state" in str(e):
                         raise UserError(f"{state_path}: {e} Delete the file to start AutoAttack afresh.") from None
                     raise
-                except UnboundLocalError as e:
-                    # pyautoattack 0.2.0 bug: a resumed run finishes its attacks and saves its state,
-                    # then fails on `return x_adv, y_adv` (y_adv is only set in a fresh run). The
-                    # state's robust flags are exact; the adversarial inputs of the resumed run are lost.
-                    if resumed is None or "y_adv" not in str(e):
-                        raise
-                    x_adv = None
             cap_records, seconds = cap.records, t.seconds
-            if result_path is not None and x_adv is not None:
+            if result_path is not None:
                 torch.save(
                     {
                         "x_adv": x_adv.detach().cpu(),
@@ -268,10 +267,7 @@ def run_autoattack(
     flags = _flags_from_records(cap_records, name)
     if clean_correct is None:
         clean_correct = predict(judge, x, batch_size) == y
-    if x_adv is not None:
-        correct = predict(judge, x_adv, batch_size) == y
-    else:  # resumed run whose inputs were lost: the state's flags below decide
-        correct = clean_correct.clone()
+    correct = predict(judge, x_adv, batch_size) == y
     robust = clean_correct & correct
     if state_path is not None and state_path.exists():
         state = fixed_state_class().from_disk(state_path)
