@@ -343,6 +343,7 @@ def test_adaptive_suite_runs_on_a_real_two_block_ra_model(data):
         "a1-pgd-aux0",
         "a1-apgd-dlr-aux1",
         "a1-apgd-t-aux0",
+        "a1-square-aux0",
         "a2-bpda-T0.1",
         "a3-soft-T0.1",
         "a4-branch-enum",

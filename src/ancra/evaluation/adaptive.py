@@ -221,8 +221,9 @@ def _apgd(module, x, y, cfg: EvalConfig, loss="ce"):
 @family("a1", "gate attacks: aux heads and the sum of every head's CE, hard gate", ra_only=True)
 def a1_specs(ctx: Context) -> list[Spec]:
     """Judged PGD on CE(f)+sum_h CE(aux_h); APGD-DLR on each aux head's own values (every example,
-    two candidates); APGD-T on the first aux head's own values; APGD-CE on each aux head with the
-    deployed model's values; judged PGD on each aux head but the last. Cheap and effective first.
+    two candidates); APGD-T and Square on the first aux head's own values; APGD-CE on each aux head
+    with the deployed model's values; judged PGD on each aux head but the last. Cheap and
+    effective first.
 
     Why some runs keep a head's own values (docs/PERFORMANCE.md, "Cost of the evaluation"): the
     deployed RA model's logits have large margins (its CE is often exactly 0 in float32, A8), so
@@ -297,6 +298,28 @@ def a1_specs(ctx: Context) -> list[Spec]:
                     "n_iter": cfg.apgd_iter,
                     "targets": cfg.apgd_t_targets,
                 },
+            )
+        )
+    if cfg.square_queries_aux:  # black-box on the head, not a replay: its forward is not the deployed model's
+        aux0_own = RAView(model, "hard", output="aux0")
+        specs.append(
+            Spec(
+                "a1-square-aux0",
+                "surrogate",
+                lambda x, y: [
+                    aa.square(
+                        aux0_own,
+                        x,
+                        y,
+                        eps=cfg.eps,
+                        n_queries=cfg.square_queries_aux,
+                        restarts=1,
+                        seed=cfg.seed,
+                        batch_size=cfg.batch_size,
+                        device=x.device,
+                    )
+                ],
+                {"objective": "Square (margin) on aux0's own values", "queries": cfg.square_queries_aux},
             )
         )
     for h in range(n_aux):

@@ -26,6 +26,7 @@ QUICK_BUDGETS = dict(
     apgd_iter=20,
     apgd_t_targets=1,
     a4_targets=1,
+    square_queries_aux=200,
     square_queries_ra=0,
     square_queries_plain=500,
     square_restarts=1,
@@ -53,6 +54,7 @@ class EvalConfig:
         temperatures: soft-gate temperatures of A2 (BPDA) and A3 (soft surrogate).
         apgd_t_targets: target classes of A1's APGD-T on the first aux head.
         a4_targets: classes enumerated per example by A4 (``None``: every class but the label).
+        square_queries_aux: queries of A1's Square on the first aux head (0: none).
         square_queries_ra, square_queries_plain: queries of A6 Square on RA / plain models (0: none).
         square_restarts: restarts of A6 Square.
         out_dir: where AutoAttack keeps its resumable state and logs.
@@ -76,6 +78,7 @@ class EvalConfig:
     temperatures: tuple[float, ...] = (0.1,)
     apgd_t_targets: int = 3
     a4_targets: int | None = 1
+    square_queries_aux: int = 1000
     square_queries_ra: int = 0
     square_queries_plain: int = 20000
     square_restarts: int = 2
@@ -108,7 +111,14 @@ class EvalConfig:
                 f"unknown AutoAttack version {self.autoattack_version!r}: choose standard, plus or rand "
                 "(quick=True runs the reduced custom version)"
             )
-        for name in ("pgd_steps", "apgd_iter", "square_queries_ra", "square_queries_plain", "square_restarts"):
+        for name in (
+            "pgd_steps",
+            "apgd_iter",
+            "square_queries_aux",
+            "square_queries_ra",
+            "square_queries_plain",
+            "square_restarts",
+        ):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.temperatures or any(t <= 0 for t in self.temperatures):

@@ -115,11 +115,11 @@ def verify_report(
     clean = pe["tensors"]["clean"].to(device)
     broken = clean & ~worst_case(pe["tensors"], pe["attacks"]).to(device)
     idx = adv["index"].to(device)
-    saved = torch.zeros(n, dtype=torch.bool, device=device)
-    saved[idx] = True
-    if int(adv["n_examples"]) != n or len(clean) != n:
+    if int(adv["n_examples"]) != n or len(clean) != n or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < n):
         result.problems.append(f"{ADVERSARIAL} covers {adv['n_examples']} examples, the report {n}")
         return result
+    saved = torch.zeros(n, dtype=torch.bool, device=device)
+    saved[idx] = True
     missing, extra = int((broken & ~saved).sum()), int((saved & ~broken).sum())
     if missing or extra:
         result.problems.append(
@@ -132,8 +132,9 @@ def verify_report(
     in_ball = (x_adv - x[idx]).abs().flatten(1).amax(1) <= eps + EPS_SLACK
     in_range = (x_adv.flatten(1).amin(1) >= 0) & (x_adv.flatten(1).amax(1) <= 1)
     with torch.no_grad(), fp32_math(device):
-        fools = torch.stack([model(x_adv[i : i + 1]).argmax(1)[0] != y[idx[i]] for i in range(len(idx))])
-        fools = fools if len(idx) else torch.zeros(0, dtype=torch.bool)
+        fools = torch.zeros(len(idx), dtype=torch.bool, device=device)
+        for i in range(len(idx)):
+            fools[i] = model(x_adv[i : i + 1]).argmax(1)[0] != y[idx[i]]
         wrong_clean = [int(i) for i in (~clean).nonzero().squeeze(1)]
         clean_ok = sum(int(model(x[i : i + 1]).argmax(1)[0] != y[i]) for i in wrong_clean)
     names = adv["attacks"]
@@ -144,7 +145,7 @@ def verify_report(
             "saved": int(sel.sum()),
             "in_ball": int((in_ball & sel).sum()),
             "in_range": int((in_range & sel).sum()),
-            "fools_model": int((fools.to(device) & sel).sum()),
+            "fools_model": int((fools & sel).sum()),
         }
     result.rows["(clean misclassified)"] = {
         "saved": len(wrong_clean),
