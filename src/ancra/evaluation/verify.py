@@ -52,6 +52,14 @@ class Verification:
         return "\n".join(lines)
 
 
+def _said(result: Verification, echo) -> Verification:
+    """Print the problems of a verification that stopped early (one ``MISMATCH:`` line each)."""
+    if echo:
+        for p in result.problems:
+            echo(f"MISMATCH: {p}")
+    return result
+
+
 def _read_report(report_dir: Path) -> tuple[dict, dict, dict]:
     for name in ("report.json", PER_EXAMPLE, ADVERSARIAL):
         if not (report_dir / name).is_file():
@@ -101,7 +109,7 @@ def verify_report(
     got = "sha256:" + file_digest(path, "sha256")
     if want != got:
         result.problems.append(f"checkpoint {path} has hash {got}, the report was made from {want}")
-        return result
+        return _said(result, echo)
     ckpt = load_checkpoint(path)
     model = ckpt.model.float().to(device).eval()
     splits = load_dataset(report["dataset"], ckpt.data_dir(data_dir), download=False)
@@ -117,7 +125,7 @@ def verify_report(
     idx = adv["index"].to(device)
     if int(adv["n_examples"]) != n or len(clean) != n or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < n):
         result.problems.append(f"{ADVERSARIAL} covers {adv['n_examples']} examples, the report {n}")
-        return result
+        return _said(result, echo)
     saved = torch.zeros(n, dtype=torch.bool, device=device)
     saved[idx] = True
     missing, extra = int((broken & ~saved).sum()), int((saved & ~broken).sum())
