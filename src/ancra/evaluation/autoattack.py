@@ -324,6 +324,28 @@ def apgd(
     return torch.cat(out) if out else x.clone()
 
 
+def _single_runs(module, x, y, make_attack, *, seed: int, batch_size: int) -> list[torch.Tensor]:
+    """One ``attack_single_run`` of an APGD attack per batch, on every example of the batch.
+
+    ``module``: a module, or ``module(batch_slice) -> nn.Module``; ``make_attack(module,
+    batch_slice)`` builds the attack. Returns two candidates per example: the iterate of highest
+    loss and the last iterate that fooled ``module`` (the clean input where none did)."""
+    best, fooled = [], []
+    for s in batches(len(x), batch_size):
+        m = module if isinstance(module, nn.Module) else module(s)
+        with attack_mode(m):
+            xs, ys = x[s].detach().clone(), y[s].detach().clone()
+            atk = make_attack(m, s)
+            atk.init_hyperparam(xs)
+            torch.random.manual_seed(seed)
+            x_best, _, _, x_best_adv = atk.attack_single_run(xs, ys)
+            best.append(x_best.detach())
+            fooled.append(x_best_adv.detach())
+    if not best:
+        return [x.clone()]
+    return [torch.cat(best), torch.cat(fooled)]
+
+
 def apgd_all_examples(
     module,
     x: torch.Tensor,
@@ -349,20 +371,11 @@ def apgd_all_examples(
     misses (docs/PERFORMANCE.md, "Cost of the evaluation")."""
     require_autoattack()
     device = x.device if device is None else device
-    best, fooled = [], []
-    for s in batches(len(x), batch_size):
-        m = module if isinstance(module, nn.Module) else module(s)
-        with attack_mode(m):
-            xs, ys = x[s].detach().clone(), y[s].detach().clone()
-            atk = APGDAttack(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, loss=loss, device=device)
-            atk.init_hyperparam(xs)
-            torch.random.manual_seed(seed)
-            x_best, _, _, x_best_adv = atk.attack_single_run(xs, ys)
-            best.append(x_best.detach())
-            fooled.append(x_best_adv.detach())
-    if not best:
-        return [x.clone()]
-    return [torch.cat(best), torch.cat(fooled)]
+
+    def make(m, s):
+        return APGDAttack(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, loss=loss, device=device)
+
+    return _single_runs(module, x, y, make, seed=seed, batch_size=batch_size)
 
 
 def apgd_t(
@@ -423,23 +436,15 @@ def apgd_targeted_to(
     fooled ``module``; the caller keeps whichever fools the deployed model."""
     require_autoattack()
     device = x.device if device is None else device
-    best, fooled = [], []
     targets = target if torch.is_tensor(target) else torch.full_like(y, int(target))
-    for s in batches(len(x), batch_size):
-        m = module if isinstance(module, nn.Module) else module(s)
-        with attack_mode(m):
-            xs, ys = x[s].detach().clone(), y[s].detach().clone()
-            atk = APGDAttack_targeted(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, device=device)
-            atk.loss = "ce-targeted"
-            atk.init_hyperparam(xs)
-            atk.y_target = targets[s].to(ys.device)
-            torch.random.manual_seed(seed)
-            x_best, _, _, x_best_adv = atk.attack_single_run(xs, ys)
-            best.append(x_best.detach())
-            fooled.append(x_best_adv.detach())
-    if not best:
-        return [x.clone()]
-    return [torch.cat(best), torch.cat(fooled)]
+
+    def make(m, s):
+        atk = APGDAttack_targeted(m, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=seed, device=device)
+        atk.loss = "ce-targeted"
+        atk.y_target = targets[s].to(y.device)
+        return atk
+
+    return _single_runs(module, x, y, make, seed=seed, batch_size=batch_size)
 
 
 def square(
