@@ -1,4 +1,5 @@
-"""Shared fixtures: a slice of the real Fashion-MNIST and a small standard-trained model."""
+"""Shared fixtures: the real Fashion-MNIST, a small standard-trained model, its argmax-gated toy twin
+and a naturally trained RA model (each built once per test session)."""
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch.nn.functional as F
 
 from ancra.data import load_fashion_mnist
 from ancra.models import create_model
+from ancra.models.ra import RAOutput
+from ancra.models.resnet import ResNet
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,38 @@ def train_with_ce(fmnist, ra_blocks: int, steps: int = 300):
         loss.backward()
         opt.step()
     return model.eval()
+
+
+class ArgmaxGatedToy(ResNet):
+    """An RA net whose logits are ``scale * onehot(argmax(last aux head))``: the prediction is the
+    gate's and the output has no gradient at all (the extreme of the shattered-gradient pattern)."""
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__([1, 1, 2], [8, 16, 32], num_classes=10, in_channels=1, ra_blocks=1)
+        self.scale = scale
+
+    def forward_with_aux(self, x, labels=None):
+        out = super().forward_with_aux(x, labels)
+        j = out.aux_logits[-1].argmax(1) if labels is None else labels
+        return RAOutput(self.scale * F.one_hot(j, 10).float(), out.aux_logits, out.features)
+
+
+@pytest.fixture(scope="session")
+def toy(trained_small):
+    """Same weights as the plain model (identical state-dict keys): its aux head IS that model."""
+    m = ArgmaxGatedToy()
+    m.load_state_dict(trained_small.state_dict())
+    return m.eval()
+
+
+@pytest.fixture(scope="session")
+def ra_trained(fmnist):
+    """A real RANet (2 RA blocks) trained naturally for 300 steps on one thread: CE on the final and
+    aux heads with label-driven masks (docs/METHOD.md, "Reverse Attention"). At inference its hard
+    gate decides the class."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_with_ce(fmnist, ra_blocks=2)
+    finally:
+        torch.set_num_threads(old)

@@ -1,6 +1,6 @@
 """Robustness evaluation (docs/EVALUATION.md): the suite must expose gradient masking, not echo it.
 
-Two models, built once per module on real Fashion-MNIST:
+Two models, built once per session on real Fashion-MNIST (tests/conftest.py):
 
 * ``trained_small``: a narrow plain ResNet trained with CE; it must fall to ~0% under
   the reference AutoAttack and raise no masking flag.
@@ -19,7 +19,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_with_ce
 
 from ancra.errors import UserError
 from ancra.evaluation import (
@@ -40,8 +39,6 @@ from ancra.evaluation.adaptive import Cascade, Spec, applicable
 from ancra.evaluation.report import PER_EXAMPLE, eps_fraction
 from ancra.evaluation.sanity import sanity_flags
 from ancra.models import create_model
-from ancra.models.ra import RAOutput
-from ancra.models.resnet import ResNet
 
 EPS = 0.1
 N = 64
@@ -65,20 +62,6 @@ REPORT_KEYS = {
 }
 
 
-class ArgmaxGatedToy(ResNet):
-    """An RA net whose logits are ``scale * onehot(argmax(last aux head))``: the prediction is the
-    gate's and the output has no gradient at all (the extreme of the shattered-gradient pattern)."""
-
-    def __init__(self, scale: float = 10.0) -> None:
-        super().__init__([1, 1, 2], [8, 16, 32], num_classes=10, in_channels=1, ra_blocks=1)
-        self.scale = scale
-
-    def forward_with_aux(self, x, labels=None):
-        out = super().forward_with_aux(x, labels)
-        j = out.aux_logits[-1].argmax(1) if labels is None else labels
-        return RAOutput(self.scale * F.one_hot(j, 10).float(), out.aux_logits, out.features)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread: on a shared 2-core machine, two OpenMP threads competing with other
@@ -92,21 +75,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(fmnist):
     return fmnist[2][:N], fmnist[3][:N]
-
-
-@pytest.fixture(scope="module")
-def toy(trained_small):
-    """Same weights as the plain model (identical state-dict keys): its aux head IS that model."""
-    m = ArgmaxGatedToy()
-    m.load_state_dict(trained_small.state_dict())
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def ra_trained(_one_thread, fmnist):
-    """A real RANet (2 RA blocks) trained naturally for 300 steps: CE on the final and aux heads with
-    label-driven masks (docs/METHOD.md, "Reverse Attention"). At inference its hard gate decides the class."""
-    return train_with_ce(fmnist, ra_blocks=2)
 
 
 @pytest.fixture(scope="module")

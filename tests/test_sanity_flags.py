@@ -2,8 +2,8 @@
 blind-gradient probe, shoulders and plateaus along the eps curve, and AutoAttack's Square and own
 checks kept apart from ours.
 
-Models, trained once per module on real Fashion-MNIST (about 25 s on one thread in all): a plain
-narrow ResNet (``trained_small`` of conftest), the argmax-gated toy of tests/test_evaluation.py
+Models, trained once per session on real Fashion-MNIST (tests/conftest.py) (about 25 s on one thread in all): a plain
+narrow ResNet (``trained_small`` of conftest), the argmax-gated ``toy`` of conftest
 (the same weights, logits ``10 * onehot(argmax aux)``: no gradient at all) and a real RANet with 2
 RA blocks trained naturally (``ra_trained``).
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import train_with_ce
 
 from ancra.evaluation.common import predict, with_grad_path
 from ancra.evaluation.diagnostics import BLIND_KEY, GATE_FLIP_KEY, a8_diagnostics, blind_gradient
@@ -27,26 +25,10 @@ from ancra.evaluation.sanity import (
     sanity_flags,
 )
 from ancra.models import create_model
-from ancra.models.ra import RAOutput
-from ancra.models.resnet import ResNet
 
 EPS = 0.1
 N = 64
 GRID = [0.025, 0.05, 0.1, 0.2, 0.3, 0.5]  # the F-MNIST sweep at eps 0.1
-
-
-class ArgmaxGatedToy(ResNet):
-    """Logits ``scale * onehot(argmax(last aux head))``: the gate decides and no gradient passes
-    (a copy of the toy of tests/test_evaluation.py)."""
-
-    def __init__(self, scale: float = 10.0) -> None:
-        super().__init__([1, 1, 2], [8, 16, 32], num_classes=10, in_channels=1, ra_blocks=1)
-        self.scale = scale
-
-    def forward_with_aux(self, x, labels=None):
-        out = super().forward_with_aux(x, labels)
-        j = out.aux_logits[-1].argmax(1) if labels is None else labels
-        return RAOutput(self.scale * F.one_hot(j, 10).float(), out.aux_logits, out.features)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,18 +42,6 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def data(fmnist):
     return fmnist[2][:N], fmnist[3][:N]
-
-
-@pytest.fixture(scope="module")
-def toy(trained_small):
-    m = ArgmaxGatedToy()
-    m.load_state_dict(trained_small.state_dict())
-    return m.eval()
-
-
-@pytest.fixture(scope="module")
-def ra_trained(_one_thread, fmnist):
-    return train_with_ce(fmnist, ra_blocks=2)
 
 
 def codes(flags):
