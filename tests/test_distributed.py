@@ -79,3 +79,58 @@ def test_two_process_run_resumes(single, tmp_path):
     a, b = _weights(single / "last.pt"), _weights(out / "last.pt")
     for k in a:
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-5), k
+
+
+LAUNCHER = """
+import hashlib, sys, time
+from pathlib import Path
+import ancra.data.cifar as cifar
+from ancra.cli import main
+
+root = Path(sys.argv[1])
+archive = root / "cifar-10-python.tar.gz"
+# the tiny test archive stands in for the official one (whose md5 the loader checks)
+cifar.CIFAR_ARCHIVE_MD5["cifar-10-python.tar.gz"] = hashlib.md5(archive.read_bytes()).hexdigest()
+extract = cifar._extract_cifar
+
+def counted(*args):
+    print("EXTRACTING", flush=True)
+    time.sleep(2)  # the official archive (170 MB) takes seconds: the window other ranks would race into
+    return extract(*args)
+
+cifar._extract_cifar = counted
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_first_run_on_an_archive_only_folder_extracts_once(tmp_path):
+    """Three gloo ranks start on a folder holding only the CIFAR archive: exactly one extracts it
+    while the others wait (before the lock, all extracted and all but one failed renaming their
+    copy onto the folder the first had put in place)."""
+    import tarfile
+
+    from test_data import make_cifar10
+
+    src, root = tmp_path / "src", tmp_path / "data"
+    make_cifar10(src)
+    root.mkdir()
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    sets = [
+        "data.dataset=cifar10",
+        f'data.data_dir="{root}"',
+        "data.download=false",
+        "data.val_size=1",
+        "train.batch_size=6",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "objective.zeta=0.0",
+    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3"]
+    cmd += [str(tmp_path / "launch.py"), str(root), "train", "--quiet", "--config", str(CONFIGS / "smoke.toml")]
+    cmd += ["--out", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("EXTRACTING") == 1, r.stdout
+    assert (root / "cifar-10-batches-py" / "test_batch").is_file() and (tmp_path / "run" / "last.pt").is_file()
