@@ -1,27 +1,30 @@
 """``ancra eval CHECKPOINT`` as a library call, :func:`evaluate_checkpoint`: load a weights file
 and its test split, run a suite (:func:`ancra.evaluation.evaluate`), write the report.
 
-Under torchrun the examples are split into contiguous shards, one per rank; each rank evaluates
-its shard (AutoAttack included) into ``OUT/shard-R`` and rank 0 merges the per-example results
-into ``OUT`` (per-example results equal to one process's wherever the attacks are deterministic;
-random starts are drawn per shard, see tests/test_eval_cli.py).
-
 With ``--chunk-size K`` the examples are evaluated in chunks of K into ``OUT/chunk-A-B``, each a
 complete report kept once finished: a full-budget evaluation takes CPU-hours, so an interrupted
 command (or one rerun later with a larger ``--n-examples``) skips the finished chunks and the
-report merges whatever chunks cover the first N examples. Under torchrun the ranks share out
-the chunks.
+report merges whatever chunks cover the first N examples.
+
+Under torchrun the ranks share out the chunks (one per rank when no ``--chunk-size`` is given)
+through lock files, and rank 0 merges them into ``OUT``: per-example results equal one
+process's wherever the attacks are deterministic (random starts are drawn per chunk, see
+tests/test_eval_cli.py). The ranks never meet in a collective, so however unevenly the chunks'
+costs fall (AutoAttack's cost depends on how many examples survive), no timeout kills a rank
+that waits.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_checkpoint, load_model
 from ..data import file_digest, load_dataset
-from ..distributed import barrier, init_distributed
+from ..data.files import file_lock
+from ..distributed import init_distributed
 from ..errors import UserError
 
 #: version of the suite's attack list; part of a chunk's settings (see _run_chunks)
@@ -50,7 +53,6 @@ def evaluate_checkpoint(
     of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
     to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job). Arguments are
     those of ``ancra eval`` (see ``ancra eval --help``)."""
-    from .report import merge_reports
     from .suite import evaluate
 
     if n_examples < 0:
@@ -80,7 +82,9 @@ def evaluate_checkpoint(
     y = splits.test_y[:n]
     transfer = load_model(transfer_from) if transfer_from else None
 
-    info, device = init_distributed(device)
+    # no process group: the ranks share the chunks through files and locks, so a rank that
+    # finishes hours before the others never waits on a collective (NCCL's watchdog would kill it)
+    info, device = init_distributed(device, process_group=False)
     meta = {
         "checkpoint": str(checkpoint),
         "checkpoint_hash": "sha256:" + file_digest(checkpoint, "sha256"),
@@ -108,7 +112,9 @@ def evaluate_checkpoint(
         meta=meta,
         subset=subset,
     )
-    if chunk_size:
+    if not chunk_size and not info.enabled:
+        report = evaluate(model, x, y, out_dir=out, progress=True, **common)
+    else:
         # Everything that changes a chunk's numbers; a finished chunk is reused only if it matches.
         meta["settings"] = {
             "checkpoint_hash": meta["checkpoint_hash"],
@@ -126,26 +132,29 @@ def evaluate_checkpoint(
             meta["settings"]["standalone"] = True
         if autoattack_version != "standard":  # absent for standard: chunks of earlier versions stay valid
             meta["settings"]["autoattack_version"] = autoattack_version
-        report = _run_chunks(model, x, y, out, chunk_size, info, common)
-    elif not info.enabled:
-        report = evaluate(model, x, y, out_dir=out, progress=True, **common)
-    else:
-        bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
-        lo, hi = bounds[info.rank], bounds[info.rank + 1]
-        shard = {**common, "meta": {**meta, "first_example": lo}}
-        evaluate(model, x[lo:hi], y[lo:hi], out_dir=out / f"shard-{info.rank}", progress=info.is_main, **shard)
-        barrier(info)
-        report = merge_reports([out / f"shard-{r}" for r in range(info.world_size)], out) if info.is_main else None
-        barrier(info)
+        # under torchrun without --chunk-size: one chunk per rank
+        size = chunk_size or -(-n // info.world_size)
+        report = _run_chunks(model, x, y, out, size, info, common)
     if info.is_main:
         print_summary(report, out)
     return report
 
 
+#: seconds between two looks of rank 0 at the chunks other processes are evaluating
+POLL_S = 2.0
+
+
 def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict | None:
     """Evaluate ``x`` in chunks ``[a, a + size)`` into ``out/chunk-A-B``, skipping finished ones
     (``report.json`` is written after ``per_example.pt``, so its presence means the chunk is
-    complete), then merge all chunks on rank 0. Ranks take the unfinished chunks round-robin."""
+    complete), then merge all chunks on rank 0.
+
+    Processes share the work through one lock file per chunk (``out/.chunk-A-B.lock``, an
+    advisory ``flock`` the kernel drops when its holder dies): every rank first takes its
+    round-robin share, then any chunk nobody holds; rank 0 then waits, polling the files, for
+    the chunks others hold, and takes over any whose holder died. No collective is involved, so
+    ranks may finish hours apart, and two independent commands on the same ``--out`` never
+    evaluate one chunk twice."""
     from .report import load_per_example, merge_reports
     from .suite import evaluate
 
@@ -170,30 +179,48 @@ def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict |
                 f"{d} was evaluated with other settings (different {', '.join(diff)}): rerun with the "
                 f"same settings or use another --out"
             )
-    done = len(bounds) - len(todo)
     if info.is_main:
         print(
-            f"[eval] {len(bounds)} chunks of up to {size} examples: {done} finished, {len(todo)} to evaluate",
+            f"[eval] {len(bounds)} chunks of up to {size} examples: {len(bounds) - len(todo)} finished, "
+            f"{len(todo)} to evaluate",
             flush=True,
         )
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run(a, b, d) -> bool:
+        """Evaluate one chunk unless it is finished or another process holds it."""
+        with file_lock(out / f".{d.name}.lock", blocking=False) as held:
+            if not held or (d / "report.json").is_file():
+                return False
+            print(f"[eval] chunk {a}-{b - 1} (rank {info.rank})", flush=True)
+            meta = {**common["meta"], "first_example": a}
+            evaluate(
+                model,
+                x[a:b],
+                y[a:b],
+                out_dir=d,
+                progress=info.is_main,
+                **{**common, "subset": f"test examples {a}-{b - 1}", "meta": meta},
+            )
+            return True
+
     mine = todo[info.rank :: info.world_size]
-    for i, (a, b, d) in enumerate(mine):
-        if info.is_main:
-            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(mine)} of this process)", flush=True)
-        evaluate(
-            model,
-            x[a:b],
-            y[a:b],
-            out_dir=d,
-            progress=info.is_main,
-            **{**common, "subset": f"test examples {a}-{b - 1}", "meta": {**common["meta"], "first_example": a}},
-        )
-    barrier(info)
-    report = None
-    if info.is_main:
-        report = merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
-    barrier(info)
-    return report
+    done = sum(run(*c) for c in mine + [c for c in todo if c not in mine])
+    if info.world_size > 1:
+        print(f"[eval] rank {info.rank} evaluated {done} of {len(todo)} chunks", flush=True)
+    if not info.is_main:
+        return None
+    waited = 0.0
+    while missing := [c for c in todo if not (c[2] / "report.json").is_file()]:
+        for c in missing:  # a chunk whose holder died is free again: take it over
+            run(*c)
+        if all((c[2] / "report.json").is_file() for c in missing):
+            break
+        if waited % 300 < POLL_S:
+            print(f"[eval] waiting for {len(missing)} chunks other processes are evaluating", flush=True)
+        time.sleep(POLL_S)
+        waited += POLL_S
+    return merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
 
 
 def print_summary(report: dict, out: Path) -> None:
