@@ -88,10 +88,28 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
         ) from None
 
 
+def to_cpu(obj):
+    """``obj`` with every tensor (in dicts, lists and tuples) detached and moved to the CPU.
+
+    Checkpoints hold CPU tensors only: a file written on a GPU then loads with a plain
+    ``torch.load(path, weights_only=True)`` on a machine without one."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, to_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
-    """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec."""
+    """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec, on the CPU."""
     net = unwrap(model)
-    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": net.state_dict(), "meta": meta or {}}, path)
+    state = to_cpu(net.state_dict())
+    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": state, "meta": meta or {}}, path)
 
 
 @dataclass

@@ -176,6 +176,8 @@ def cmd_verify(args) -> int:
 
 
 def _add_bench(sub) -> None:
+    from .precision import PRECISIONS
+
     p = sub.add_parser(
         "bench",
         help="time training steps (or evaluation attacks) of a config",
@@ -189,9 +191,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the config's train.precision")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network (default: the config's train.compile)",
+    )
     p.add_argument("--eval", action="store_true", help="time the evaluation attack (PGD) instead of training")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
@@ -221,7 +228,7 @@ def cmd_bench(args) -> int:
             f"of a {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s {r['peak_source']} peak"
         )
     print(
-        f"{r['mode']} {cfg.model.name} batch {args.batch} {args.precision} on {r['device_name']} "
+        f"{r['mode']} {cfg.model.name} batch {args.batch} {r['precision']} on {r['device_name']} "
         f"({r['hardware']['capability']}, {r['hardware']['threads']} threads): {speed}"
     )
     return 0

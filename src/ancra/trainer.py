@@ -31,29 +31,35 @@ import numpy as np
 import torch
 
 from .attacks import pgd
-from .checkpoint import atomic_save, safe_load, save_weights
+from .checkpoint import atomic_save, safe_load, save_weights, to_cpu
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
 from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
 from .errors import UserError
-from .hardware import check_precision, device_info, use_channels_last
+from .hardware import (
+    check_precision,
+    compile_network,
+    configure_kernels,
+    describe_device,
+    device_info,
+    use_channels_last,
+)
 from .models import create_model
 from .objectives import training_step
-from .precision import autocast_context
 from .progress import Progress
 
 STATE_FORMAT = "ancra-state/1"
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+#: steps between the checks that need the host to wait for the device (finite loss, valid
+#: negatives); a failed check names the first step that failed
+CHECK_EVERY = 10
+
+
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -85,6 +91,39 @@ def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch
             counts[0] += (model(xb).argmax(1) == yb).sum()
             counts[1] += (model(x_adv).argmax(1) == yb).sum()
     return counts
+
+
+class StepHealth:
+    """The per-step checks that need a value on the host (a finite loss; every negative of
+    another class), kept on the device and read every :data:`CHECK_EVERY` steps: the step loop
+    never waits for the device, and a failure still names the first step that failed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad_loss = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_bad_negatives = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_loss_value = torch.zeros((), device=device)
+
+    def record(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        loss = metrics["loss"]
+        new = (self.first_bad_loss < 0) & ~torch.isfinite(loss)
+        self.first_bad_loss = torch.where(new, step, self.first_bad_loss)
+        self.bad_loss_value = torch.where(new, loss.float(), self.bad_loss_value)
+        if "same_class_negatives" in metrics:
+            new = (self.first_bad_negatives < 0) & (metrics["same_class_negatives"] > 0)
+            self.first_bad_negatives = torch.where(new, step, self.first_bad_negatives)
+
+    def raise_if_failed(self, epoch: int, lr: float, state: Path) -> None:
+        bad_loss, bad_negatives = torch.stack([self.first_bad_loss, self.first_bad_negatives]).tolist()
+        if bad_loss >= 0:
+            raise UserError(
+                f"the loss became {self.bad_loss_value.item()} at epoch {epoch + 1}, step {bad_loss + 1}: "
+                f"lower train.lr (now {lr}); the last good state is kept in {state}"
+            )
+        if bad_negatives >= 0:
+            raise UserError(
+                f"a batch had an anchor without enough other-class examples for its negatives at epoch "
+                f"{epoch + 1}, step {bad_negatives + 1}: use a larger train.batch_size or a smaller objective.k"
+            )
 
 
 @dataclass
@@ -141,12 +180,14 @@ class Trainer:
         self.cfg = cfg
         self.files = RunFiles(Path(out_dir))
         t = cfg.train
-        if t.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
         self.dist, self.device = init_distributed(t.device)
         self.progress = progress and self.dist.is_main
         check_precision(t.precision, self.device)  # before loading any data: refuse fast
-        seed_everything(t.seed, t.deterministic)
+        notes = configure_kernels(self.device, t.deterministic, t.precision)
+        if self.progress:
+            for note in [f"device: {describe_device(self.device)}", *notes]:
+                print(note, file=sys.stderr, flush=True)
+        seed_everything(t.seed)
         world = self.dist.world_size
         if t.batch_size % world:
             raise UserError(
@@ -196,14 +237,17 @@ class Trainer:
         # what each epoch's speed is measured on (a resumed run builds a new Trainer, so a run
         # continued on another machine records that machine)
         self.hardware = {**device_info(self.device), "channels_last": self.channels_last}
+        if t.compile:
+            # in place, before DDP (PyTorch's "where to apply torch.compile"): every call of the
+            # network, attacks and prediction forwards included, runs compiled, and its state_dict
+            # keys stay those of the plain network
+            compile_network(net, t.compile_backend)
         self.net = net
         self.model = net
         if self.dist.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if t.compile:
-            self.model = torch.compile(self.model)
         self.objective = cfg.objective
         self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.epoch = 0
@@ -215,8 +259,8 @@ class Trainer:
             "format": STATE_FORMAT,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": to_cpu(self.net.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "best": dict(self.best),
         }
 
@@ -274,22 +318,30 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.train.seed, epoch, self.dist.rank))
         bar = Progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=self.progress)
         sums: dict[str, torch.Tensor] = {}
+        health = StepHealth(self.device)
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.loader):
             if step == n_steps:
                 break
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(self.device, cfg.train.precision):
-                metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
+            # the loader's images are uint8 / 255, in [0, 1] by construction: no per-step range check
+            metrics = training_step(
+                self.model,
+                self.optimizer,
+                x,
+                y,
+                self.objective,
+                epoch,
+                gen,
+                precision=cfg.train.precision,
+                sync_checks=False,
+            )
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v
-            if not torch.isfinite(metrics["loss"]):
-                raise UserError(
-                    f"the loss became {metrics['loss'].item()} at epoch {epoch + 1}, step {step + 1}: "
-                    f"lower train.lr (now {lr}); the last good state is kept in {self.files.state}"
-                )
-            if step % 10 == 0 or step + 1 == n_steps:
+            health.record(step, metrics)
+            if step % CHECK_EVERY == 0 or step + 1 == n_steps:
+                health.raise_if_failed(epoch, lr, self.files.state)
                 bar.update(step + 1, loss=metrics["loss"].item())
         bar.close()
         seconds = time.perf_counter() - start
