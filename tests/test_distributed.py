@@ -134,3 +134,13 @@ def test_first_run_on_an_archive_only_folder_extracts_once(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("EXTRACTING") == 1, r.stdout
     assert (root / "cifar-10-batches-py" / "test_batch").is_file() and (tmp_path / "run" / "last.pt").is_file()
+
+
+def test_two_processes_train_a_compiled_network(tmp_path):
+    """DDP wraps the network compiled in place (eager backend: the capture is what is tested);
+    the weights file keeps the plain network's keys."""
+    out = tmp_path / "compiled"
+    r = _train(out, 2, ["train.compile=true", "train.compile_backend=eager", "train.epochs=1"])
+    sd = _weights(out / "last.pt")
+    assert not any("_orig_mod" in k or k.startswith("module.") for k in sd)
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), r.stderr[-2000:]
