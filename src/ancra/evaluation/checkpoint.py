@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, load_model
+from ..checkpoint import load_model
 from ..data import file_digest, load_dataset
 from ..data.files import file_lock
 from ..distributed import init_distributed
@@ -32,7 +32,7 @@ SUITE_VERSION = 2
 
 
 def evaluate_checkpoint(
-    checkpoint: Path,
+    checkpoint: Path | None,
     out: Path,
     *,
     suite: str = "standard",
@@ -48,11 +48,24 @@ def evaluate_checkpoint(
     chunk_size: int = 0,
     autoattack_version: str = "standard",
     standalone: bool = False,
+    arch: str | None = None,
+    state_dict: Path | None = None,
+    torchscript: Path | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+    ra_blocks: int = 0,
+    arch_options: dict | None = None,
 ) -> dict | None:
-    """Evaluate the weights file ``checkpoint`` on the first ``n_examples`` (0 = all) test examples
-    of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
-    to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job). Arguments are
-    those of ``ancra eval`` (see ``ancra eval --help``)."""
+    """Evaluate a model on the first ``n_examples`` (0 = all) test examples of its dataset; write
+    the report to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job).
+
+    The model is the ancra weights file ``checkpoint`` (dataset and eps from the file unless
+    given), or one built elsewhere (``arch`` + ``state_dict``, ``torchscript`` or ``model`` =
+    ``"module:callable"``, with ``dataset``; see :mod:`ancra.sources`). Arguments are those of
+    ``ancra eval`` (see ``ancra eval --help``)."""
+    from ..data.registry import dataset_info
+    from ..sources import load_source
     from .suite import evaluate
 
     if n_examples < 0:
@@ -65,16 +78,34 @@ def evaluate_checkpoint(
         raise UserError(f"--chunk-size must be >= 0, got {chunk_size}")
     if threads:
         torch.set_num_threads(threads)
-    checkpoint, out = Path(checkpoint), Path(out)
-    ckpt = load_checkpoint(checkpoint)
-    model = ckpt.model
-    dataset = ckpt.dataset(flag=None)
-    eps = ckpt.eps(eps)
-    splits = load_dataset(dataset, ckpt.data_dir(data_dir), download=True)
-    spec = model.spec
-    if spec["in_channels"] != splits.in_channels or spec["num_classes"] != splits.num_classes:
+    out = Path(out)
+    source = load_source(
+        checkpoint,
+        arch=arch,
+        state_dict=state_dict,
+        torchscript=torchscript,
+        module=model,
+        dataset=dataset,
+        num_classes=num_classes,
+        ra_blocks=ra_blocks,
+        arch_options=arch_options,
+    )
+    net, ckpt = source.model, source.checkpoint
+    if ckpt is not None:
+        dataset = ckpt.dataset(dataset, flag=None)
+        eps = ckpt.eps(eps)
+        data_dir = ckpt.data_dir(data_dir)
+        in_channels, classes = net.spec["in_channels"], net.spec["num_classes"]
+    else:
+        dataset = dataset_info(dataset).name
+        if eps is None:
+            eps = dataset_info(dataset).default_eps
+            print(f"[eval] eps {eps:.4g}: the usual L-inf budget on {dataset} (pass --eps to change it)", flush=True)
+        in_channels, classes = source.record["in_channels"], source.record["num_classes"]
+    splits = load_dataset(dataset, data_dir, download=True)
+    if in_channels != splits.in_channels or classes != splits.num_classes:
         raise UserError(
-            f"{checkpoint} is a {spec['num_classes']}-class model on {spec['in_channels']}-channel "
+            f"{source.path or model} is a {classes}-class model on {in_channels}-channel "
             f"images but {dataset} has {splits.num_classes} classes and {splits.in_channels} channels"
         )
     n = len(splits.test_x) if n_examples == 0 else min(n_examples, len(splits.test_x))
@@ -85,16 +116,20 @@ def evaluate_checkpoint(
     # no process group: the ranks share the chunks through files and locks, so a rank that
     # finishes hours before the others never waits on a collective (NCCL's watchdog would kill it)
     info, device = init_distributed(device, process_group=False)
+    name = source.path.name if source.path else ""
     meta = {
-        "checkpoint": str(checkpoint),
-        "checkpoint_hash": "sha256:" + file_digest(checkpoint, "sha256"),
+        "checkpoint": str(source.path) if source.path else None,
+        "checkpoint_hash": source.digest,
+        "model_source": source.record,
         "model_selection": {
             "best.pt": "best validation PGD accuracy (held-out training split)",
             "last.pt": "last epoch",
-        }.get(checkpoint.name, "as given"),
-        "trained_epochs": ckpt.meta.get("epoch", -1) + 1,
-        "train_config": ckpt.given,
-        "architecture": spec,
+        }.get(name, "as given")
+        if ckpt is not None
+        else "as given (a model built outside ancra)",
+        "trained_epochs": ckpt.meta.get("epoch", -1) + 1 if ckpt is not None else None,
+        "train_config": ckpt.given if ckpt is not None else {},
+        "architecture": net.spec if ckpt is not None else source.record,
         "first_example": 0,  # test-set index of the report's first example (ancra verify)
     }
     subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
@@ -113,7 +148,7 @@ def evaluate_checkpoint(
         subset=subset,
     )
     if not chunk_size and not info.enabled:
-        report = evaluate(model, x, y, out_dir=out, progress=True, **common)
+        report = evaluate(net, x, y, out_dir=out, progress=True, **common)
     else:
         # Everything that changes a chunk's numbers; a finished chunk is reused only if it matches.
         meta["settings"] = {
@@ -134,7 +169,7 @@ def evaluate_checkpoint(
             meta["settings"]["autoattack_version"] = autoattack_version
         # under torchrun without --chunk-size: one chunk per rank
         size = chunk_size or -(-n // info.world_size)
-        report = _run_chunks(model, x, y, out, size, info, common)
+        report = _run_chunks(net, x, y, out, size, info, common)
     if info.is_main:
         print_summary(report, out)
     return report

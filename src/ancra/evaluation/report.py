@@ -161,6 +161,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "architecture": (spec or {}).get("name") if spec else context.get("architecture"),
         "model_spec": spec,
         "is_ra_model": context.get("is_ra_model"),
+        "adaptive_applied": context.get("adaptive_applied"),
         "n_examples": n,
         "subset": context.get("subset"),
         "suite": context.get("suite"),
@@ -241,6 +242,9 @@ def to_markdown(r: dict) -> str:
         "accuracy is the running per-example worst case.",
         "",
     ]
+    if r.get("adaptive_applied"):
+        lines += ["Adaptive attacks on this model:", ""]
+        lines += [f"- {family}: {what}" for family, what in r["adaptive_applied"].items()] + [""]
     aa = r.get("autoattack")
     if aa:
         lines += [
