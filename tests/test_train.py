@@ -137,3 +137,18 @@ def test_learning_rate_schedules():
     ]
     cos = load_config(CONFIGS / "fmnist-demo.toml", ["train.epochs=4"])
     assert lr_at(cos, 0) == cos.train.lr and abs(lr_at(cos, 2) - cos.train.lr / 2) < 1e-12
+
+
+def test_init_from_starts_from_given_weights(smoke_run, tmp_path):
+    """train.init_from takes an ancra weights file or a bare (prefixed) state dict; a resumed run
+    takes its weights from its state, and weights of another architecture are one clear error."""
+    best = smoke_run / "best.pt"
+    want = torch.load(best, weights_only=True)["state_dict"]
+    torch.save({"model": {f"module.{k}": v for k, v in want.items()}}, tmp_path / "bare.pt")
+    for source in (best, tmp_path / "bare.pt"):
+        cfg = load_config(CONFIGS / "smoke.toml", [f'train.init_from="{source}"'])
+        got = Trainer(cfg, tmp_path / "run", progress=False).net.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    wide = load_config(CONFIGS / "smoke.toml", [f'train.init_from="{best}"', "model.width=8"])
+    with pytest.raises(UserError, match="does not fit the configured model"):
+        Trainer(wide, tmp_path / "wide", progress=False)

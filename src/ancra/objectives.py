@@ -29,6 +29,7 @@ from torch import nn
 from .attacks import STARTS, attack_mode, pgd
 from .distributed import unwrap
 from .losses import BASE_LOSSES, anc_loss
+from .models.ra import RAOutput
 from .negatives import STRATEGIES, needs_predictions, parse_strategy, select_negatives
 from .options import check_option, option
 from .precision import autocast_context, no_autocast
@@ -108,6 +109,11 @@ def training_step(
 ) -> dict[str, torch.Tensor]:
     """One optimiser step of ``objective`` on the batch ``(x, y)``; usable from any training loop.
 
+    ``model`` is an ancra network (:func:`ancra.models.create_model`; Reverse Attention needs its
+    RA blocks), or any ``nn.Module`` classifier returning logits, for which the base objective and
+    ANC apply to its output (there are no RA heads); either may be wrapped in
+    DistributedDataParallel. ``x`` holds images in [0, 1].
+
     ``precision``: ``bf16`` runs the forwards and the loss (attacks included) under bf16 autocast;
     the backward pass and the optimiser step always run outside autocast. ``sync_checks``: check
     that ``x`` lies in [0, 1] and that every anchor has enough other-class negatives before using
@@ -179,9 +185,18 @@ def _forward_and_loss(model, net, x, y, obj: Objective, cr_beta, epoch, generato
     # (3) train-mode forwards, with label-driven RA masks; the negative uses its own label
     model.train()
     needs_nat = obj.method != "pgd_at" or obj.uses_anc
-    out_nat = model(x, y, with_aux=True) if needs_nat else None
-    out_adv = model(x_adv, y, with_aux=True) if x_adv is not None else None
-    out_neg = model(x_neg, y_neg, with_aux=True) if obj.uses_anc else None
+
+    def train_forward(inputs, labels) -> RAOutput:
+        if hasattr(net, "forward_with_aux"):  # an ancra network: label-driven RA masks, aux heads
+            return model(inputs, labels, with_aux=True)
+        logits = model(inputs)  # any classifier: the final head only (ANC and the base losses apply)
+        if not torch.is_tensor(logits):
+            raise TypeError(f"training_step needs a model that returns logits, got {type(logits).__name__}")
+        return RAOutput(logits)
+
+    out_nat = train_forward(x, y) if needs_nat else None
+    out_adv = train_forward(x_adv, y) if x_adv is not None else None
+    out_neg = train_forward(x_neg, y_neg) if obj.uses_anc else None
 
     # (4) loss (backward and step: training_step, outside autocast)
     base_fn = BASE_LOSSES[obj.method]

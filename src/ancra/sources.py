@@ -81,7 +81,7 @@ def strip_prefixes(state: dict) -> dict:
     return out
 
 
-def _state_dict_of(obj, path: Path) -> dict:
+def state_dict_of(obj, path: Path) -> dict:
     """The tensors of a saved state dict, unwrapped from the usual containers."""
     for _ in range(3):  # {"state_dict": ...}, {"model": ...}, {"model": {"state_dict": ...}}
         if isinstance(obj, dict) and not any(torch.is_tensor(v) for v in obj.values()):
@@ -103,7 +103,7 @@ def _from_state_dict(
 ) -> nn.Module:
     if arch not in MODELS:
         raise UserError(f"unknown --arch {arch!r}: choose one of {', '.join(sorted(MODELS))}")
-    state = _state_dict_of(safe_load(path), path)
+    state = state_dict_of(safe_load(path), path)
     model = create_model(arch, num_classes, info.channels, ra_blocks=ra_blocks, **options)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

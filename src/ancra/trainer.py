@@ -93,6 +93,25 @@ def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch
     return counts
 
 
+def load_initial_weights(net: torch.nn.Module, path: Path) -> None:
+    """Load ``train.init_from`` into ``net``: an ancra weights file, or a state dict saved elsewhere
+    (``module.`` / ``_orig_mod.`` prefixes stripped); it must fit the configured architecture."""
+    from .checkpoint import FORMAT
+    from .sources import state_dict_of
+
+    obj = safe_load(path)
+    state = obj["state_dict"] if isinstance(obj, dict) and obj.get("format") == FORMAT else state_dict_of(obj, path)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line), first[0])
+        raise UserError(
+            f"train.init_from = {path} does not fit the configured model ({detail[:200]}): "
+            "check model.name, model.width and model.num_blocks"
+        ) from None
+
+
 class StepHealth:
     """The per-step checks that need a value on the host (a finite loss; every negative of
     another class), kept on the device and read every :data:`CHECK_EVERY` steps: the step loop
@@ -176,7 +195,9 @@ def _truncate_metrics(path: Path, next_epoch: int) -> None:
 class Trainer:
     """Builds everything from a :class:`Config` and runs (or resumes) the epochs."""
 
-    def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True, *, initial: bool = True) -> None:
+        """``initial``: a new run (``train.init_from`` is loaded); a resumed run takes its weights
+        from its state instead."""
         self.cfg = cfg
         self.files = RunFiles(Path(out_dir))
         t = cfg.train
@@ -224,6 +245,10 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
+        if t.init_from and initial:
+            load_initial_weights(net, Path(t.init_from))
+            if self.progress:
+                print(f"initial weights: {t.init_from}", file=sys.stderr, flush=True)
         if t.sync_bn and self.dist.enabled:
             net = convert_sync_batchnorm(net, self.device)
         self.channels_last = use_channels_last(t.channels_last, net, self.device)
@@ -280,7 +305,7 @@ class Trainer:
         state = safe_load(files.state)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserError(f"{files.state} is not an ancra training state")
-        trainer = cls(config_from_dict(state["config"]), out_dir, progress)
+        trainer = cls(config_from_dict(state["config"]), out_dir, progress, initial=False)
         trainer.net.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.epoch = state["epoch"]
