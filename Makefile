@@ -24,7 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	else \
 		$(BIN)/pip install "$(TORCH_CPU)" || $(BIN)/pip install "$(TORCH_CPU)" --extra-index-url $(TORCH_CPU_URL); \
 	fi
-	$(BIN)/pip install -e ".[eval,data,test,analyze]"
+	$(BIN)/pip install -e ".[eval,data,test,analyze,tensorboard]"
 	touch $@
 
 install: $(VENV)/.installed

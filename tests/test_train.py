@@ -152,3 +152,31 @@ def test_init_from_starts_from_given_weights(smoke_run, tmp_path):
     wide = load_config(CONFIGS / "smoke.toml", [f'train.init_from="{best}"', "model.width=8"])
     with pytest.raises(UserError, match="does not fit the configured model"):
         Trainer(wide, tmp_path / "wide", progress=False)
+
+
+def test_metrics_csv_and_tensorboard_events(tmp_path):
+    """metrics.csv mirrors metrics.jsonl's scalars; TensorBoard event files hold the per-step loss
+    and every per-epoch scalar, read back with TensorBoard's own reader."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["train", "--quiet", "--config", str(SMOKE), "--out", str(out), "--set", "train.tensorboard=true"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) == 2
+    for row, rec in zip(rows, records):
+        assert float(row["loss"]) == pytest.approx(rec["loss"]) and float(row["val_pgd_acc"]) == rec["val_pgd_acc"]
+        assert "hardware" not in row  # nested values stay in metrics.jsonl only
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"step/loss", "epoch/loss", "epoch/val_pgd_acc", "epoch/images_per_s"} <= tags
+    val = events.Scalars("epoch/val_pgd_acc")
+    assert [e.step for e in val] == [1, 2] and [e.value for e in val] == pytest.approx(
+        [r["val_pgd_acc"] for r in records]
+    )
+    steps = events.Scalars("step/loss")
+    assert len(steps) == 4 and steps[0].step == 0  # smoke: 4 steps an epoch, loss read every 10 and at the end

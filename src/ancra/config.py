@@ -103,6 +103,9 @@ class TrainConfig:
     val_pgd_steps: int = option(10, lo=1)
     val_batch_size: int = option(500, lo=1)
     max_steps_per_epoch: int = option(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
+    tensorboard: bool = option(
+        False, help="also write TensorBoard scalars to OUT/tensorboard (pip install 'ancra[tensorboard]')"
+    )
     init_from: str = option(
         "", help="start from these weights: an ancra weights file or a state dict of the same architecture"
     )

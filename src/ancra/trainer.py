@@ -169,6 +169,10 @@ class RunFiles:
     def config(self) -> Path:
         return self.out / "config.json"
 
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out / "metrics.csv"
+
 
 def _append_jsonl(path: Path, record: dict) -> None:
     try:
@@ -180,6 +184,36 @@ def _append_jsonl(path: Path, record: dict) -> None:
         if e.errno == errno.ENOSPC:
             raise UserError(f"disk full while writing {path}: free some space, then resume the run") from None
         raise
+
+
+def write_metrics_csv(jsonl: Path, csv_path: Path) -> None:
+    """``metrics.csv``: the scalar columns of ``metrics.jsonl`` (which stays the record), one row per
+    epoch, rewritten whole and atomically after each epoch."""
+    import csv
+    import io
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.exists() else []
+    rows = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None} for r in rows]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = csv_path.with_suffix(".tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, csv_path)
+
+
+def open_tensorboard(folder: Path):
+    """A TensorBoard ``SummaryWriter`` on ``folder`` (scalars ``step/loss`` and ``epoch/*``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "train.tensorboard = true needs the tensorboard package: pip install 'ancra[tensorboard]' "
+            "(or set it to false; metrics.jsonl and metrics.csv are written either way)"
+        ) from None
+    return SummaryWriter(str(folder))
 
 
 def _truncate_metrics(path: Path, next_epoch: int) -> None:
@@ -277,6 +311,9 @@ class Trainer:
         self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.epoch = 0
         self.best = {"epoch": -1, "val_pgd_acc": -1.0}
+        self.tensorboard = (
+            open_tensorboard(self.files.out / "tensorboard") if t.tensorboard and self.dist.is_main else None
+        )
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -367,7 +404,10 @@ class Trainer:
             health.record(step, metrics)
             if step % CHECK_EVERY == 0 or step + 1 == n_steps:
                 health.raise_if_failed(epoch, lr, self.files.state)
-                bar.update(step + 1, loss=metrics["loss"].item())
+                loss = metrics["loss"].item()
+                bar.update(step + 1, loss=loss)
+                if self.tensorboard is not None:
+                    self.tensorboard.add_scalar("step/loss", loss, epoch * n_steps + step)
         bar.close()
         seconds = time.perf_counter() - start
         keys = sorted(sums)
@@ -414,6 +454,12 @@ class Trainer:
                 self.best = {"epoch": record["epoch"], "val_pgd_acc": val, "val_clean_acc": record["val_clean_acc"]}
             if self.dist.is_main:
                 _append_jsonl(self.files.metrics, record)
+                write_metrics_csv(self.files.metrics, self.files.metrics_csv)
+                if self.tensorboard is not None:
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"] + 1)
+                    self.tensorboard.flush()
             self.epoch += 1
             self._save(record)
             if self.progress:
@@ -424,4 +470,6 @@ class Trainer:
                     f"{record['images_per_s']:.0f} img/s",
                     flush=True,
                 )
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return {"best": self.best, "last": record, "out": str(self.files.out)}
