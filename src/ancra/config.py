@@ -11,15 +11,11 @@ out-of-range values with one :class:`~ancra.errors.UserError` naming the key and
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomllib
 
 from .data import AUGMENTATIONS, DATASET_NAMES
 from .errors import UserError
