@@ -1,5 +1,6 @@
 """Real torch.distributed (gloo, 2 CPU processes launched by torchrun): DDP equals one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,74 @@ def test_two_processes_train_a_compiled_network(tmp_path):
     sd = _weights(out / "last.pt")
     assert not any("_orig_mod" in k or k.startswith("module.") for k in sd)
     assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point()), r.stderr[-2000:]
+
+
+def _worker_pid(out: Path, rank: int) -> int | None:
+    """PID of the torchrun worker of ``rank`` training into ``out`` (from /proc)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(out).encode() in cmdline and f"RANK={rank}".encode() in environ and b"-m" in cmdline:
+            if b"torch.distributed.run" not in cmdline:
+                return int(proc.name)
+    return None
+
+
+LOST_RANK = [
+    "objective.zeta=0.0",
+    "objective.random_start=none",
+    "train.channels_last=false",
+    "train.epochs=3",
+    "train.max_steps_per_epoch=12",
+]
+
+
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_ends_as_if_uninterrupted(tmp_path):
+    """SIGKILL one rank of a 2-process run after its first saved state: torchrun (--max-restarts=1)
+    restarts both workers, which resume from state.pt (a restart implies --auto-resume), and the
+    final weights equal those of an uninterrupted 2-process run."""
+    import signal
+    import time
+
+    _train(tmp_path / "whole", 2, LOST_RANK)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1"]
+    cmd += ["-m", "ancra", "train", "--quiet", "--config", str(CONFIGS / "smoke.toml"), "--out", str(out)]
+    cmd += [a for s in LOST_RANK for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 240
+    killed = None
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "state.pt").exists():
+            killed = _worker_pid(out, 1)
+            if killed:
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert killed is not None, "the run ended before a rank could be killed"
+    assert proc.returncode == 0, stderr[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]  # replayed epochs are not doubled
+    a, b = _weights(tmp_path / "whole" / "last.pt"), _weights(out / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_auto_resume_continues_the_same_config_and_refuses_another(tmp_path):
+    out = tmp_path / "run"
+    _train(out, 1, ["train.epochs=1"])
+    before = (out / "state.pt").read_bytes()
+    base = [sys.executable, "-m", "ancra", "train", "--quiet", "--config", str(CONFIGS / "smoke.toml")]
+    base += ["--out", str(out), "--auto-resume", "--set", "train.epochs=1"]
+    r = subprocess.run(base, capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # the finished run is continued: nothing left to do
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    r = subprocess.run([*base, "--set", "train.lr=0.2"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 2 and "holds a run of another config (differs in train.lr)" in r.stderr, r.stderr
+    assert (out / "state.pt").read_bytes() == before

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--out", type=Path, help="run directory (metrics.jsonl, state.pt, last.pt, best.pt)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="resume the run in DIR from its state.pt")
+    p.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run in --out if it holds one with the same config, else start it (for "
+        "requeued jobs; implied when torchrun restarts the workers after a failure)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -51,11 +58,19 @@ def cmd_train(args) -> int:
     else:
         if args.config is None or args.out is None:
             raise UserError("ancra train needs --config FILE and --out DIR (or --resume DIR)")
-        if (args.out / "state.pt").exists():
+        cfg = load_config(args.config, args.overrides)
+        # torchrun --max-restarts reruns the same command in every worker after a failure
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        held = (args.out / "state.pt").exists() or (args.out / "config.json").exists()
+        if held and (args.auto_resume or restarted):
+            trainer = Trainer.resume_same(args.out, cfg, progress=not args.quiet)
+        elif (args.out / "state.pt").exists():
             raise UserError(
-                f"{args.out} already holds a run: continue it with --resume {args.out} or choose another --out"
+                f"{args.out} already holds a run: continue it with --resume {args.out} (or --auto-resume) "
+                "or choose another --out"
             )
-        trainer = Trainer(load_config(args.config, args.overrides), args.out, progress=not args.quiet)
+        else:
+            trainer = Trainer(cfg, args.out, progress=not args.quiet)
     result = trainer.fit()
     best = result["best"]
     if trainer.dist.is_main:

@@ -126,6 +126,28 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), one broadcast per dtype.
+
+    DistributedDataParallel broadcasts buffers at the start of each of its forwards, but the
+    attacks run on the inner network before that, in eval mode, with the running statistics:
+    without this call rank r attacks with its own statistics (rank 0's plus its last local
+    update), so ranks attack slightly different models, and a resumed run, whose ranks all load
+    rank 0's statistics, is not the run that was interrupted."""
+    if not info.enabled:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buf in module.buffers():
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for b in bufs:
+            b.data.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training-mode statistics span every rank (a SyncBatchNorm for any backend).
 

@@ -34,7 +34,7 @@ from .attacks import pgd
 from .checkpoint import atomic_save, safe_load, save_weights, to_cpu
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
-from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
+from .distributed import all_reduce_sum, barrier, broadcast_buffers, convert_sync_batchnorm, init_distributed
 from .errors import UserError
 from .hardware import (
     check_precision,
@@ -349,6 +349,30 @@ class Trainer:
         trainer.best = state["best"]
         return trainer
 
+    @classmethod
+    def resume_same(cls, out_dir: str | Path, cfg: Config, progress: bool = True) -> "Trainer":
+        """Resume the run in ``out_dir`` if it was started with ``cfg`` (``--auto-resume``, a
+        torchrun restart); a run of another config there is refused, never overwritten."""
+        files = RunFiles(Path(out_dir))
+        recorded = None
+        if files.config.exists():
+            try:
+                recorded = json.loads(files.config.read_text())
+            except json.JSONDecodeError:
+                recorded = None
+        if recorded is not None and recorded != cfg.to_dict():
+            changed = sorted(
+                f"{section}.{key}"
+                for section, values in cfg.to_dict().items()
+                for key, value in values.items()
+                if (recorded.get(section) or {}).get(key) != value
+            )
+            raise UserError(
+                f"{out_dir} holds a run of another config (differs in {', '.join(changed[:5]) or 'its sections'}): "
+                "choose another --out, or continue that run with --resume"
+            )
+        return cls.resume(out_dir, progress)
+
     def _save(self, record: dict) -> None:
         """Rank 0 writes; every rank waits so that no rank runs ahead of the saved state."""
         if not self.dist.is_main:
@@ -387,6 +411,7 @@ class Trainer:
                 break
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            broadcast_buffers(self.net, self.dist)  # every rank attacks rank 0's model
             # the loader's images are uint8 / 255, in [0, 1] by construction: no per-step range check
             metrics = training_step(
                 self.model,
@@ -419,6 +444,7 @@ class Trainer:
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
         record["hardware"] = self.hardware
+        broadcast_buffers(self.net, self.dist)  # every rank validates the model rank 0 saves
         counts = count_clean_and_pgd(
             self.net,
             self.val_x,
