@@ -36,6 +36,16 @@ if TYPE_CHECKING:
 FORMAT = "ancra-weights/1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of files written atomically: what open() would give under this process's umask
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _caused_by_full_disk(e: BaseException | None) -> bool:
     """ENOSPC anywhere in the exception chain (torch.save re-raises it as a RuntimeError)."""
     while e is not None:
@@ -49,6 +59,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` via temp file + fsync + rename (the old file survives a crash)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a renamed file gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -70,6 +81,29 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file via temp file + fsync + rename, like :func:`atomic_save`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if _caused_by_full_disk(e):
+            raise UserError(
+                f"disk full while writing {path}: free some space; the previous {path.name} is intact"
+            ) from None
+        raise
 
 
 def safe_load(path: str | os.PathLike, map_location="cpu"):

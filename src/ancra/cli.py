@@ -454,6 +454,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from .checkpoint import _caused_by_full_disk
+
+        if not _caused_by_full_disk(e):
+            raise
+        hint = {
+            "train": "; then `ancra train --resume DIR` continues from the last completed epoch",
+            "eval": "; then rerun the same command: with --chunk-size the finished chunks are kept",
+        }.get(args.command, "")
+        print(f"error: disk full ({e.__class__.__name__}: {str(e).splitlines()[0][:160]}): free some space{hint}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         hint = {
             "train": ": continue with `ancra train --resume DIR` (from the last completed epoch)",

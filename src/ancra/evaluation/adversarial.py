@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save
 from .common import AttackResult
 
 ADVERSARIAL = "adversarial.pt"
@@ -69,9 +70,7 @@ class AdversarialStore:
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / ADVERSARIAL
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        atomic_save(self.state(), path)
         return path
 
 
@@ -116,5 +115,5 @@ def merge_adversarial(shard_dirs, out_dir) -> Path | None:
         "n_examples": offset,
     }
     path = Path(out_dir) / ADVERSARIAL
-    torch.save(state, path)
+    atomic_save(state, path)
     return path

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..attacks import attack_mode
+from ..checkpoint import atomic_save
 from ..errors import UserError
 from .common import AttackResult, Timer, batches, predict
 from .pyautoattack_compat import fixed_state_class, patched_state, set_apgd_iters
@@ -226,10 +227,14 @@ def run_autoattack(
             tag = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
             state_path = Path(out_dir) / f"aa_state_{tag}.json"
             result_path = Path(out_dir) / f"aa_result_{tag}.pt"
-        resumed = None
+        resumed = saved = None
         if result_path is not None and result_path.exists():
+            try:
+                saved = torch.load(result_path, map_location=x.device, weights_only=True)
+            except Exception:  # noqa: BLE001 - unreadable (e.g. torn by a crash): run AutoAttack again
+                result_path.unlink()
+        if saved is not None:
             # a finished run of this exact configuration: reuse it (resumable evaluation)
-            saved = torch.load(result_path, map_location=x.device, weights_only=True)
             x_adv, records, seconds, resumed = saved["x_adv"], saved["log"], saved["seconds"], "finished run reused"
             cap_records = [logging.makeLogRecord(r) for r in records]
         else:
@@ -248,8 +253,8 @@ def run_autoattack(
                         raise UserError(f"{state_path}: {e} Delete the file to start AutoAttack afresh.") from None
                     raise
             cap_records, seconds = cap.records, t.seconds
-            if result_path is not None:
-                torch.save(
+            if result_path is not None:  # atomic: a torn file would be "reused" by the rerun
+                atomic_save(
                     {
                         "x_adv": x_adv.detach().cpu(),
                         "seconds": seconds,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save, atomic_write_text
 from ..data.registry import find_dataset
 from .adversarial import ADVERSARIAL, merge_adversarial
 from .common import acc, worst_case
@@ -381,7 +382,9 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _jsonable(build_report(pe, attacks, context))
-    torch.save(
+    # atomic writes, report.json last: a report.json means the folder is complete (a finished
+    # chunk), and a crash or a full disk never leaves a half file where a good one was
+    atomic_save(
         {
             "tensors": {k: v.detach().cpu() for k, v in pe.items()},
             "attacks": _jsonable(attacks),
@@ -389,9 +392,9 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         },
         out_dir / PER_EXAMPLE,
     )
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(to_markdown(report))
+    atomic_write_text(out_dir / "report.md", to_markdown(report))
     plot(report, out_dir)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
