@@ -116,10 +116,9 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(
-            f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt?)"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file is a refusal
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read checkpoint {path}: {first} (truncated or corrupt?)") from None
 
 
 def to_cpu(obj):
@@ -212,10 +211,20 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
             f"{path} is not an ancra weights file (expected format {FORMAT}; "
             "use last.pt or best.pt of an `ancra train` run)"
         )
-    spec = dict(ckpt["model"])
-    model = create_model(spec.pop("name"), **spec)
+    spec, state = ckpt["model"], ckpt.get("state_dict")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UserError(f"{path}: its model spec {str(spec)[:120]} names no architecture")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UserError(f"{path}: its state_dict is not a mapping of parameter names to tensors")
+    spec = dict(spec)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model = create_model(spec.pop("name"), **spec)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a spec no constructor accepts (negative widths, ...)
+        raise UserError(f"{path}: its model spec {ckpt['model']} cannot be built ({type(e).__name__}: {e})") from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(
             f"{path}: weights do not match the model {ckpt['model']}: {str(e).splitlines()[0][:200]}"

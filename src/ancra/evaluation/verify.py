@@ -97,10 +97,23 @@ def verify_report(
         data_dir: the dataset folder (default: where the checkpoint's training read it).
         echo: where the progress and the table go (``None``: silent).
     """
+    try:
+        return _verify(Path(report_dir), checkpoint, model, data_dir, device, echo)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        # the report's files are untrusted data: inconsistent contents are a refusal, not a crash
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(
+            f"{report_dir}: the report's files are damaged or inconsistent ({type(e).__name__}: {first}); "
+            "rerun `ancra eval` to rebuild them"
+        ) from None
+
+
+def _verify(report_dir: Path, checkpoint, model, data_dir, device, echo) -> Verification:
     from ..data import file_digest, load_dataset
     from ..sources import source_from_record
 
-    report_dir = Path(report_dir)
     report, pe, adv = _read_report(report_dir)
     meta = report.get("meta") or {}
     record = meta.get("model_source") or {"kind": "ancra", "path": meta.get("checkpoint")}
