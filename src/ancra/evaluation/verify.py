@@ -73,8 +73,11 @@ def _read_report(report_dir: Path) -> tuple[dict, dict, dict]:
         report = json.loads((report_dir / "report.json").read_text())
         pe = load_per_example(report_dir)
         adv = load_adversarial(report_dir)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - an unreadable file is the user's problem, said in one line
-        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {first})") from None
     return report, pe, adv
 
 
@@ -148,7 +151,14 @@ def _verify(report_dir: Path, checkpoint, model, data_dir, device, echo) -> Veri
     eps = float(report["eps_value"])
 
     clean = pe["tensors"]["clean"].to(device)
-    broken = clean & ~worst_case(pe["tensors"], pe["attacks"]).to(device)
+    robust = worst_case(pe["tensors"], pe["attacks"]).to(device)
+    broken = clean & ~robust
+    # the headline numbers of report.json are the per-example results' (a number edited in the
+    # JSON, or a report beside per-example results it was not made from, is a mismatch)
+    for key, mask in (("clean_acc", clean), ("worst_case_acc", robust)):
+        claimed, actual = report.get(key), float(mask.float().mean()) if len(mask) else float("nan")
+        if not isinstance(claimed, (int, float)) or abs(claimed - actual) > 1e-6:
+            result.problems.append(f"report.json says {key} = {claimed}, its per-example results give {actual:.6f}")
     idx = adv["index"].to(device)
     if int(adv["n_examples"]) != n or len(clean) != n or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < n):
         result.problems.append(f"{ADVERSARIAL} covers {adv['n_examples']} examples, the report {n}")
