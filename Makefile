@@ -9,7 +9,7 @@ TORCH_CPU_URL ?= https://download.pytorch.org/whl/cpu
 FMNIST_DEB    := /usr/share/datasets/fashion-mnist
 DEMO_OUT      ?= runs/fmnist-demo
 
-.PHONY: install data demo test lint clean
+.PHONY: install data demo test lint clean package-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	else \
 		$(BIN)/pip install "$(TORCH_CPU)" || $(BIN)/pip install "$(TORCH_CPU)" --extra-index-url $(TORCH_CPU_URL); \
 	fi
-	$(BIN)/pip install -e ".[eval,data,test,analyze]"
+	$(BIN)/pip install -e ".[eval,data,test,analyze,tensorboard]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -66,6 +66,11 @@ test: install data lint
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# sdist + wheel, installed into a clean venv that runs `ancra --help`, eval and verify (uses the
+# package registry, so not part of `make test`)
+package-check: install
+	bash scripts/check_package.sh
 
 clean:
 	rm -rf $(VENV) runs

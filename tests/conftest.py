@@ -11,6 +11,16 @@ from ancra.models.ra import RAOutput
 from ancra.models.resnet import ResNet
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run where torch sees a GPU and are skipped, saying why, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    why = f"needs a CUDA GPU: torch {torch.__version__} sees none (benchmarks/gpu.sh runs these on one)"
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=why))
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """The real Fashion-MNIST (Debian package), as float [0,1] tensors: (x_train, y_train, x_test, y_test)."""

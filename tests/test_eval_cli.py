@@ -37,11 +37,11 @@ def _eval_cmd(ckpt, out, *extra):
     ]
 
 
-def _torchrun(ckpt, out, *extra):
-    """`ancra eval` under torchrun with 2 CPU processes (gloo), one thread each."""
+def _torchrun(ckpt, out, *extra, **env_extra):
+    """`ancra eval` under torchrun with 2 CPU processes, one thread each."""
     cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += _eval_cmd(ckpt, out, "--device", "cpu", *extra)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env_extra)
     return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -95,7 +95,9 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
     rep2 = json.loads((out / "report.json").read_text())
     for name in ("pgd-20", "pgd-40", "cw-30", "autoattack"):
         assert abs(rep1["attacks"][name]["acc"] - rep2["attacks"][name]["acc"]) <= 3 / N, name
-    assert (out / "shard-0" / "report.json").exists() and (out / "shard-1" / "report.json").exists()
+    # one chunk per rank
+    assert (out / "chunk-000000-000024" / "report.json").exists()
+    assert (out / "chunk-000024-000048" / "report.json").exists()
     # the merged inputs carry the shards' offsets: every broken example re-checks against its test image
     v = _verify(out)
     assert v.returncode == 0, v.stdout + v.stderr
@@ -106,9 +108,34 @@ def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
     r = _torchrun(checkpoint, out, "--chunk-size", "16")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 chunks of up to 16 examples: 0 finished, 3 to evaluate" in r.stdout
-    assert "(2/2 of this process)" in r.stdout  # rank 0 took chunks 0 and 2, rank 1 chunk 1
+    # every chunk evaluated exactly once, shared by the two ranks
+    done = [int(m) for m in re.findall(r"rank \d evaluated (\d) of 3 chunks", r.stdout)]
+    assert sorted(done) in ([1, 2], [0, 3]), r.stdout
+    assert sorted(re.findall(r"\[eval\] chunk (\d+-\d+)", r.stdout)) == ["0-15", "16-31", "32-47"], r.stdout
     one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
     merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
+        assert torch.equal(one[key], merged[key]), key
+
+
+def test_torchrun_ranks_finishing_far_apart_do_not_time_out(checkpoint, single, tmp_path):
+    """Uneven work: two of three chunks are already finished, so one rank evaluates the last
+    chunk while the other has nothing to do, under a 1-second collective timeout. A barrier
+    after the uneven work would kill the waiting rank; the ranks coordinate through files."""
+    out = tmp_path / "uneven"
+    first = [sys.executable, *_eval_cmd(checkpoint, out, "--chunk-size", "16")]
+    first[first.index("--n-examples") + 1] = "32"
+    r = subprocess.run(first, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = time.perf_counter()
+    r = _torchrun(checkpoint, out, "--chunk-size", "16", ANCRA_COLLECTIVE_TIMEOUT_S="1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.perf_counter() - start > 3  # the busy rank worked well past the timeout
+    assert "3 chunks of up to 16 examples: 2 finished, 1 to evaluate" in r.stdout
+    done = sorted(int(m) for m in re.findall(r"rank \d evaluated (\d) of 1 chunks", r.stdout))
+    assert done == [0, 1], r.stdout
+    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
     for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
         assert torch.equal(one[key], merged[key]), key
 

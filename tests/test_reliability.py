@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,3 +206,88 @@ def test_out_of_range_values_exit_2_with_one_line(tmp_path, override, message):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"] and message in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+# --- evaluation chunks under faults ---------------------------------------------------------------
+
+EVAL_CHUNKS = ["--suite", "standard", "--quick", "--n-examples", "48", "--chunk-size", "16", "--batch-size", "16"]
+STUDY_PGD_AT = Path(__file__).resolve().parents[1] / "results" / "fmnist" / "pgd-at.pt"
+
+
+def _eval_cmd(out):
+    return [
+        sys.executable,
+        "-m",
+        "ancra",
+        "eval",
+        str(STUDY_PGD_AT),
+        *EVAL_CHUNKS,
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+
+
+def _robust(out):
+    t = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    return {k: v for k, v in t.items() if k.startswith(("clean", "robust/", "correct/"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_eval(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "whole"
+    r = subprocess.run(_eval_cmd(out), capture_output=True, text=True, timeout=600, env=_one_thread())
+    assert r.returncode == 0, r.stderr[-2000:]
+    return _robust(out)
+
+
+def _one_thread():
+    return dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def test_eval_killed_while_a_chunk_is_written_redoes_only_that_chunk(tmp_path, uninterrupted_eval):
+    """SIGKILL during the second of three chunks: the first stays as it was, the second is redone,
+    and the merged report equals an uninterrupted run's (the quick attacks are seeded per chunk)."""
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_eval_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_one_thread())
+    second = out / "chunk-000016-000032"
+    deadline = time.time() + 300
+    while not second.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(1.0)  # inside the chunk: attacks running, AutoAttack's files being written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the evaluation ended before the kill"
+    first = (out / "chunk-000000-000016" / "report.json").read_bytes()
+    assert not (second / "report.json").exists()
+    r = subprocess.run(_eval_cmd(out), capture_output=True, text=True, timeout=600, env=_one_thread())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 chunks of up to 16 examples: 1 finished, 2 to evaluate" in r.stdout
+    assert (out / "chunk-000000-000016" / "report.json").read_bytes() == first
+    got = _robust(out)
+    for key, value in uninterrupted_eval.items():
+        assert torch.equal(value, got[key]), key
+    assert subprocess.run([sys.executable, "-m", "ancra", "verify", str(out)], capture_output=True).returncode == 0
+
+
+def test_eval_on_a_full_disk_keeps_the_finished_chunks(tiny_disk, tmp_path, uninterrupted_eval):
+    """The first chunk fits on a 400 kB disk, the second does not: one line, exit 2, no torn file;
+    after space is freed (the folder moved to a larger disk) the same command finishes the run,
+    equal to an uninterrupted one."""
+    out = tiny_disk / "eval"
+    r = subprocess.run(_eval_cmd(out), capture_output=True, text=True, timeout=600, env=_one_thread())
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "disk full" in errors[0] and "free some space" in errors[0], r.stderr[-2000:]
+    assert (out / "chunk-000000-000016" / "report.json").is_file()
+    assert not (out / "chunk-000016-000032" / "report.json").exists()
+    assert not [p for p in out.rglob("*.tmp")]  # no temporary file left behind
+    moved = tmp_path / "eval"
+    shutil.copytree(out, moved)
+    r = subprocess.run(_eval_cmd(moved), capture_output=True, text=True, timeout=600, env=_one_thread())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 chunks of up to 16 examples: 1 finished, 2 to evaluate" in r.stdout
+    got = _robust(moved)
+    for key, value in uninterrupted_eval.items():
+        assert torch.equal(value, got[key]), key

@@ -137,3 +137,46 @@ def test_learning_rate_schedules():
     ]
     cos = load_config(CONFIGS / "fmnist-demo.toml", ["train.epochs=4"])
     assert lr_at(cos, 0) == cos.train.lr and abs(lr_at(cos, 2) - cos.train.lr / 2) < 1e-12
+
+
+def test_init_from_starts_from_given_weights(smoke_run, tmp_path):
+    """train.init_from takes an ancra weights file or a bare (prefixed) state dict; a resumed run
+    takes its weights from its state, and weights of another architecture are one clear error."""
+    best = smoke_run / "best.pt"
+    want = torch.load(best, weights_only=True)["state_dict"]
+    torch.save({"model": {f"module.{k}": v for k, v in want.items()}}, tmp_path / "bare.pt")
+    for source in (best, tmp_path / "bare.pt"):
+        cfg = load_config(CONFIGS / "smoke.toml", [f'train.init_from="{source}"'])
+        got = Trainer(cfg, tmp_path / "run", progress=False).net.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    wide = load_config(CONFIGS / "smoke.toml", [f'train.init_from="{best}"', "model.width=8"])
+    with pytest.raises(UserError, match="does not fit the configured model"):
+        Trainer(wide, tmp_path / "wide", progress=False)
+
+
+def test_metrics_csv_and_tensorboard_events(tmp_path):
+    """metrics.csv mirrors metrics.jsonl's scalars; TensorBoard event files hold the per-step loss
+    and every per-epoch scalar, read back with TensorBoard's own reader."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["train", "--quiet", "--config", str(SMOKE), "--out", str(out), "--set", "train.tensorboard=true"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records) == 2
+    for row, rec in zip(rows, records):
+        assert float(row["loss"]) == pytest.approx(rec["loss"]) and float(row["val_pgd_acc"]) == rec["val_pgd_acc"]
+        assert "hardware" not in row  # nested values stay in metrics.jsonl only
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"step/loss", "epoch/loss", "epoch/val_pgd_acc", "epoch/images_per_s"} <= tags
+    val = events.Scalars("epoch/val_pgd_acc")
+    assert [e.step for e in val] == [1, 2] and [e.value for e in val] == pytest.approx(
+        [r["val_pgd_acc"] for r in records]
+    )
+    steps = events.Scalars("step/loss")
+    assert len(steps) == 4 and steps[0].step == 0  # smoke: 4 steps an epoch, loss read every 10 and at the end

@@ -44,7 +44,7 @@ def attack_mode(model: nn.Module):
 def _heads(model: nn.Module, x: torch.Tensor, with_aux: bool) -> list[torch.Tensor]:
     """Final logits first, then the aux logits of each RA block (when asked for and present)."""
     if with_aux and hasattr(model, "forward_with_aux"):
-        out = model.forward_with_aux(x)
+        out = model(x, with_aux=True)  # through __call__: compiled code when the network is compiled
         return [out.logits, *out.aux_logits]
     return [model(x)]
 
@@ -112,6 +112,7 @@ def pgd(
     restarts: int = 1,
     cr_beta: float = 0.0,
     generator: torch.Generator | None = None,
+    check_range: bool = True,
 ) -> torch.Tensor:
     """Projected gradient ascent in the L-inf ball of radius ``eps`` around ``x``, within [0,1].
 
@@ -121,6 +122,9 @@ def pgd(
         random_start: ``uniform`` in the eps-ball, ``normal`` (x + 0.001 N(0,1)) or ``none``.
         restarts: keep, per example, the first restart that succeeds (else the last one).
         cr_beta: weight of the averaged aux-head losses of an RA model (0: final logits only).
+        check_range: refuse inputs outside [0, 1] (waits for the device; the trainer's data are
+            in range by construction and skip it).
+    Under a caller's autocast the forwards run in its dtype and the input gradient outside it.
     Returns the adversarial examples (detached).
     """
     if loss not in LOSSES:
@@ -128,7 +132,7 @@ def pgd(
     if eps < 0 or step_size < 0 or steps < 0 or restarts < 1:
         raise ValueError("eps, step_size and steps must be >= 0 and restarts >= 1")
     x = x.detach()
-    lo, hi = torch.aminmax(x)
+    lo, hi = torch.aminmax(x) if check_range else (0, 1)
     if lo < 0 or hi > 1:
         raise ValueError(
             f"attack inputs must be images in [0, 1], got values in [{lo.item():.3g}, {hi.item():.3g}]: "
@@ -152,7 +156,8 @@ def pgd(
                 if len(heads) > 1:
                     aux = [attack_objective(h, y, loss, targeted, ref and ref[i + 1]) for i, h in enumerate(heads[1:])]
                     obj = obj + cr_beta * torch.stack(aux).mean(0)
-                (grad,) = torch.autograd.grad(obj.sum(), x_adv)
+                with torch.autocast(x.device.type, enabled=False):
+                    (grad,) = torch.autograd.grad(obj.sum(), x_adv)
                 x_adv = x_adv.detach() + step_size * grad.sign()
                 x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
             if restarts == 1:

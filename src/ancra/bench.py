@@ -18,8 +18,9 @@ import torch
 from .attacks import pgd
 from .config import Config
 from .data.registry import dataset_info
+from .distributed import resolve_device
 from .errors import UserError
-from .hardware import check_precision, device_info, use_channels_last
+from .hardware import check_precision, compile_network, configure_kernels, device_info, use_channels_last
 from .models import create_model
 from .objectives import training_step
 from .precision import autocast_context
@@ -136,21 +137,23 @@ def run_bench(
     batch: int,
     steps: int,
     device: str,
-    precision: str,
-    compile: bool,
-    eval_mode: bool,
+    precision: str | None = None,
+    compile: bool | None = None,
+    eval_mode: bool = False,
     warmup: int = 2,
     seed: int = 0,
 ) -> dict:
+    """Time ``steps`` training steps (or evaluation attacks) of ``cfg`` after ``warmup``.
+
+    ``precision`` and ``compile`` default to the config's; everything else the trainer decides
+    (kernel choices of ``train.deterministic``, TF32, layout, compiled network) is taken from the
+    config the same way, so the bench times what the config would train with."""
     if batch < 2 or steps < 1:
         raise UserError("--batch must be >= 2 and --steps >= 1")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but no CUDA device is available")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    precision = cfg.train.precision if precision is None else precision
+    compile = cfg.train.compile if compile is None else compile
+    dev = torch.device(resolve_device(device))
+    configure_kernels(dev, cfg.train.deterministic, precision)
     info = dataset_info(cfg.data.dataset)  # synthetic batches of the dataset's shape: no files needed
     channels, size, classes = info.channels, info.size, info.num_classes
     torch.manual_seed(seed)
@@ -166,7 +169,7 @@ def run_bench(
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    model = torch.compile(net) if compile else net
+    model = compile_network(net, cfg.train.compile_backend) if compile else net
     obj = cfg.objective
     opt = torch.optim.SGD(net.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -181,8 +184,7 @@ def run_bench(
     else:
 
         def step():
-            with autocast_context(dev, precision):
-                training_step(model, opt, x, y, obj, epoch=0, generator=gen)
+            training_step(model, opt, x, y, obj, epoch=0, generator=gen, precision=precision, sync_checks=False)
 
     for _ in range(warmup):
         step()
@@ -218,6 +220,9 @@ def run_bench(
         "threads": torch.get_num_threads(),
         "precision": precision,
         "compile": compile,
+        "deterministic": cfg.train.deterministic,
+        "tf32": dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_benchmark": dev.type == "cuda" and torch.backends.cudnn.benchmark,
         "channels_last": channels_last,
         "step_s": step_s,
         "step_s_all": times,

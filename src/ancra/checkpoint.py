@@ -36,6 +36,16 @@ if TYPE_CHECKING:
 FORMAT = "ancra-weights/1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of files written atomically: what open() would give under this process's umask
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _caused_by_full_disk(e: BaseException | None) -> bool:
     """ENOSPC anywhere in the exception chain (torch.save re-raises it as a RuntimeError)."""
     while e is not None:
@@ -49,6 +59,7 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` via temp file + fsync + rename (the old file survives a crash)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a renamed file gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -72,6 +83,29 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file via temp file + fsync + rename, like :func:`atomic_save`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if _caused_by_full_disk(e):
+            raise UserError(
+                f"disk full while writing {path}: free some space; the previous {path.name} is intact"
+            ) from None
+        raise
+
+
 def safe_load(path: str | os.PathLike, map_location="cpu"):
     """``torch.load(weights_only=True)`` with one-line errors for missing, unsafe or corrupt files."""
     path = Path(path)
@@ -82,16 +116,33 @@ def safe_load(path: str | os.PathLike, map_location="cpu"):
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(
-            f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]} (truncated or corrupt?)"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file is a refusal
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot read checkpoint {path}: {first} (truncated or corrupt?)") from None
+
+
+def to_cpu(obj):
+    """``obj`` with every tensor (in dicts, lists and tuples) detached and moved to the CPU.
+
+    Checkpoints hold CPU tensors only: a file written on a GPU then loads with a plain
+    ``torch.load(path, weights_only=True)`` on a machine without one."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)((k, to_cpu(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
-    """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec."""
+    """Write a weights file of ``model`` (unwrapped from DDP / torch.compile) and its spec, on the CPU."""
     net = unwrap(model)
-    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": net.state_dict(), "meta": meta or {}}, path)
+    state = to_cpu(net.state_dict())
+    atomic_save({"format": FORMAT, "model": dict(net.spec), "state_dict": state, "meta": meta or {}}, path)
 
 
 @dataclass
@@ -160,10 +211,20 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
             f"{path} is not an ancra weights file (expected format {FORMAT}; "
             "use last.pt or best.pt of an `ancra train` run)"
         )
-    spec = dict(ckpt["model"])
-    model = create_model(spec.pop("name"), **spec)
+    spec, state = ckpt["model"], ckpt.get("state_dict")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise UserError(f"{path}: its model spec {str(spec)[:120]} names no architecture")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UserError(f"{path}: its state_dict is not a mapping of parameter names to tensors")
+    spec = dict(spec)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model = create_model(spec.pop("name"), **spec)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a spec no constructor accepts (negative widths, ...)
+        raise UserError(f"{path}: its model spec {ckpt['model']} cannot be built ({type(e).__name__}: {e})") from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise UserError(
             f"{path}: weights do not match the model {ckpt['model']}: {str(e).splitlines()[0][:200]}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--out", type=Path, help="run directory (metrics.jsonl, state.pt, last.pt, best.pt)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="resume the run in DIR from its state.pt")
+    p.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run in --out if it holds one with the same config, else start it (for "
+        "requeued jobs; implied when torchrun restarts the workers after a failure)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -51,11 +58,19 @@ def cmd_train(args) -> int:
     else:
         if args.config is None or args.out is None:
             raise UserError("ancra train needs --config FILE and --out DIR (or --resume DIR)")
-        if (args.out / "state.pt").exists():
+        cfg = load_config(args.config, args.overrides)
+        # torchrun --max-restarts reruns the same command in every worker after a failure
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        held = (args.out / "state.pt").exists() or (args.out / "config.json").exists()
+        if held and (args.auto_resume or restarted):
+            trainer = Trainer.resume_same(args.out, cfg, progress=not args.quiet)
+        elif (args.out / "state.pt").exists():
             raise UserError(
-                f"{args.out} already holds a run: continue it with --resume {args.out} or choose another --out"
+                f"{args.out} already holds a run: continue it with --resume {args.out} (or --auto-resume) "
+                "or choose another --out"
             )
-        trainer = Trainer(load_config(args.config, args.overrides), args.out, progress=not args.quiet)
+        else:
+            trainer = Trainer(cfg, args.out, progress=not args.quiet)
     result = trainer.fit()
     best = result["best"]
     if trainer.dist.is_main:
@@ -77,16 +92,48 @@ def _add_eval(sub) -> None:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint: standard attacks, AutoAttack, adaptive attacks",
-        description="Evaluate CHECKPOINT on the test split (its first N examples, or all) in fp32: "
+        help="evaluate a model: standard attacks, AutoAttack, adaptive attacks",
+        description="Evaluate a model on the test split (its first N examples, or all) in fp32: "
         "the standard suite (clean, FGSM, PGD-20/40, CW-inf, AutoAttack), the adaptive "
         "suite against Reverse Attention (A1-A8 of docs/EVALUATION.md) or both; writes "
-        "report.json, report.md and plots to --out.",
+        "report.json, report.md and plots to --out. The model is an ancra CHECKPOINT, or one "
+        "built elsewhere: --arch NAME --state-dict FILE, --torchscript FILE or --model "
+        "module:callable (which runs your code), each with --dataset; it takes images in [0, 1] "
+        "and returns logits (normalisation belongs inside it).",
     )
-    p.add_argument("checkpoint", type=Path, help="a weights file (last.pt / best.pt of `ancra train`)")
+    p.add_argument("checkpoint", type=Path, nargs="?", help="a weights file (last.pt / best.pt of `ancra train`)")
+    p.add_argument("--arch", help="registry architecture of --state-dict (e.g. resnet18, wrn34_10)")
+    p.add_argument("--state-dict", type=Path, metavar="FILE", help="a state dict saved outside ancra (with --arch)")
+    p.add_argument("--torchscript", type=Path, metavar="FILE", help="a scripted or traced module (no code runs)")
+    p.add_argument(
+        "--model",
+        metavar="MODULE:CALLABLE",
+        help="import MODULE and call CALLABLE() for the nn.Module: RUNS YOUR CODE (modules in the "
+        "current folder are found)",
+    )
+    p.add_argument(
+        "--arch-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--state-dict: an architecture argument, e.g. width=8 or num_blocks=[1,1,2] (repeatable)",
+    )
+    p.add_argument("--dataset", help="the test set (required for a model built outside ancra)")
+    p.add_argument("--num-classes", type=int, help="classes of a foreign model (default: the dataset's)")
+    p.add_argument(
+        "--ra-blocks",
+        type=int,
+        default=0,
+        help="--state-dict: RA blocks of the architecture (0 = plain; 2 for the ANCRA reference ResNet18_RA)",
+    )
     p.add_argument("--suite", choices=SUITES, default="standard")
     p.add_argument("--n-examples", type=int, default=0, help="evaluate the first N test examples (0 = all)")
-    p.add_argument("--eps", type=float, help="L-inf budget (default: the eps the checkpoint was trained with)")
+    p.add_argument(
+        "--eps",
+        type=_eps,
+        help="L-inf budget, e.g. 0.1 or 8/255 (default: the eps the checkpoint was trained with, else the "
+        "dataset's usual one)",
+    )
     p.add_argument(
         "--transfer-from", type=Path, metavar="CKPT", help="a same-architecture model without RA (A6 transfer)"
     )
@@ -125,12 +172,54 @@ def _add_eval(sub) -> None:
         help="adaptive/full suites: also run each adaptive family (A1-A6) alone on every clean-correct "
         "example, so the report has per-family accuracies that do not depend on the cascade order",
     )
+    p.add_argument(
+        "--format",
+        choices=("robustbench",),
+        action="append",
+        default=[],
+        help="also write OUT/robustbench.json, RobustBench's model-info file (fields the run does not "
+        "know come from --info)",
+    )
+    p.add_argument(
+        "--info",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a RobustBench field: name, authors, link, venue, architecture, additional_data, "
+        "number_forward_passes, reported, footnote (repeatable)",
+    )
+
+
+def _options(items: list[str]) -> dict:
+    """``["width=8", "num_blocks=[1,1,2]"]`` -> ``{"width": 8, "num_blocks": [1, 1, 2]}`` (TOML values)."""
+    from .config import parse_override
+
+    out = {}
+    for item in items:
+        if "=" not in item or not item.partition("=")[0].strip():
+            raise UserError(f"--arch-option expects KEY=VALUE (e.g. width=8), got {item!r}")
+        _, key, value = parse_override(f"arch.{item}")
+        out[key] = value
+    return out
+
+
+def _eps(text: str) -> float:
+    """``0.1``, ``8/255`` -> float (argparse type)."""
+    num, sep, den = text.partition("/")
+    try:
+        return float(num) / float(den) if sep else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 8/255, got {text!r}") from None
 
 
 def cmd_eval(args) -> int:
     from .evaluation import evaluate_checkpoint
+    from .evaluation.robustbench import parse_info
 
-    evaluate_checkpoint(
+    info = parse_info(args.info) if args.format else {}
+    if args.info and not args.format:
+        raise UserError("--info fills the RobustBench file: add --format robustbench")
+    report = evaluate_checkpoint(
         args.checkpoint,
         args.out,
         suite=args.suite,
@@ -146,7 +235,20 @@ def cmd_eval(args) -> int:
         chunk_size=args.chunk_size,
         autoattack_version=args.autoattack_version,
         standalone=args.standalone,
+        arch=args.arch,
+        state_dict=args.state_dict,
+        torchscript=args.torchscript,
+        model=args.model,
+        dataset=args.dataset,
+        num_classes=args.num_classes,
+        ra_blocks=args.ra_blocks,
+        arch_options=_options(args.arch_option),
     )
+    if report is not None and "robustbench" in args.format:
+        from .evaluation.robustbench import write_model_info
+
+        path = write_model_info(report, args.out, info)
+        print(f"RobustBench model info: {path}")
     return 0
 
 
@@ -161,7 +263,16 @@ def _add_verify(sub) -> None:
         "mismatch, 2 on unusable input.",
     )
     p.add_argument("report_dir", type=Path, help="a folder written by `ancra eval --out`")
-    p.add_argument("--checkpoint", type=Path, help="the weights file (default: the path the report recorded)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="the model file: weights, state dict or TorchScript (default: the recorded path)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="MODULE:CALLABLE",
+        help="for a report of a --model evaluation: build the model again (RUNS YOUR CODE; never read from the report)",
+    )
     p.add_argument(
         "--data-dir", type=Path, help="dataset folder (default: the checkpoint's config, then the standard places)"
     )
@@ -171,11 +282,15 @@ def _add_verify(sub) -> None:
 def cmd_verify(args) -> int:
     from .evaluation import verify_report
 
-    result = verify_report(args.report_dir, checkpoint=args.checkpoint, data_dir=args.data_dir, device=args.device)
+    result = verify_report(
+        args.report_dir, checkpoint=args.checkpoint, model=args.model, data_dir=args.data_dir, device=args.device
+    )
     return 0 if result.ok else 1
 
 
 def _add_bench(sub) -> None:
+    from .precision import PRECISIONS
+
     p = sub.add_parser(
         "bench",
         help="time training steps (or evaluation attacks) of a config",
@@ -189,9 +304,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="default: the config's train.precision")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the network (default: the config's train.compile)",
+    )
     p.add_argument("--eval", action="store_true", help="time the evaluation attack (PGD) instead of training")
     p.add_argument("--json", action="store_true", help="print one JSON line")
 
@@ -221,7 +341,7 @@ def cmd_bench(args) -> int:
             f"of a {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s {r['peak_source']} peak"
         )
     print(
-        f"{r['mode']} {cfg.model.name} batch {args.batch} {args.precision} on {r['device_name']} "
+        f"{r['mode']} {cfg.model.name} batch {args.batch} {r['precision']} on {r['device_name']} "
         f"({r['hardware']['capability']}, {r['hardware']['threads']} threads): {speed}"
     )
     return 0
@@ -333,6 +453,18 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .checkpoint import _caused_by_full_disk
+
+        if not _caused_by_full_disk(e):
+            raise
+        hint = {
+            "train": "; then `ancra train --resume DIR` continues from the last completed epoch",
+            "eval": "; then rerun the same command: with --chunk-size the finished chunks are kept",
+        }.get(args.command, "")
+        print(f"error: disk full ({e.__class__.__name__}: {str(e).splitlines()[0][:160]}): free some space{hint}",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         hint = {

@@ -11,21 +11,18 @@ out-of-range values with one :class:`~ancra.errors.UserError` naming the key and
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomllib
 
 from .data import AUGMENTATIONS, DATASET_NAMES
 from .errors import UserError
 from .models import MODELS
 from .objectives import Objective
 from .options import check_option, option
+from .precision import PRECISIONS
 
 
 @dataclass
@@ -74,10 +71,20 @@ class TrainConfig:
     milestones: list = option([], help="piecewise: epochs where the lr is multiplied by gamma")
     gamma: float = option(0.1, lo=0, lo_open=True)
     seed: int = option(0)
-    deterministic: bool = option(True, help="deterministic kernels (CPU runs are then bit-reproducible)")
+    deterministic: bool | str = option(
+        "auto",
+        choices=("auto", True, False),
+        types=(str, bool),
+        help='deterministic kernels: "auto" = on a CPU (runs are then bit-reproducible), off on CUDA '
+        "(cuDNN autotuning); true on CUDA sets what determinism needs and says what stays nondeterministic",
+    )
     device: str = option("auto", choices=("auto", "cpu", "cuda"))
     sync_bn: bool = option(False, help="multi-process runs: batch statistics over the global batch")
-    precision: str = option("fp32", choices=("fp32", "bf16"), help="bf16: autocast for training steps (approximate)")
+    precision: str = option(
+        "fp32",
+        choices=PRECISIONS,
+        help="fp32 (TF32 off); tf32: CUDA tensor cores (approximate); bf16: autocast forwards and loss (approximate)",
+    )
     channels_last: bool | str = option(
         "auto",
         choices=("auto", True, False),
@@ -85,10 +92,19 @@ class TrainConfig:
         help='NHWC memory layout (exact; faster convolutions): "auto" = on CUDA, '
         "and on a CPU where the model avoids oneDNN issue 6035 (ancra.hardware)",
     )
-    compile: bool = option(False, help="torch.compile the model (GPU; long first step)")
+    compile: bool = option(False, help="torch.compile the network: every forward of a step (GPU; long first step)")
+    compile_backend: str = option(
+        "inductor", choices=("inductor", "aot_eager", "eager"), help="torch.compile backend (eager ones: to debug)"
+    )
     val_pgd_steps: int = option(10, lo=1)
     val_batch_size: int = option(500, lo=1)
     max_steps_per_epoch: int = option(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
+    tensorboard: bool = option(
+        False, help="also write TensorBoard scalars to OUT/tensorboard (pip install 'ancra[tensorboard]')"
+    )
+    init_from: str = option(
+        "", help="start from these weights: an ancra weights file or a state dict of the same architecture"
+    )
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "objective": Objective, "train": TrainConfig}
@@ -130,6 +146,12 @@ def _check_consistency(cfg: Config) -> None:
     cfg.model.kwargs()
     if any(not isinstance(m, int) or m < 0 for m in cfg.train.milestones):
         raise UserError(f"train.milestones must be a list of epoch numbers >= 0, got {cfg.train.milestones}")
+    if cfg.train.sync_bn and cfg.train.compile:
+        raise UserError(
+            "train.sync_bn = true with train.compile = true: torch.compile breaks its graph at every "
+            "synchronised BatchNorm (an all-reduce per layer), so little of the step is compiled, and "
+            "SyncBatchNorm under compile + DDP has open torch issues: set one of them to false"
+        )
     if cfg.objective.step_size > cfg.objective.eps * 2.5 + 1e-12:
         raise UserError(
             f"objective.step_size = {cfg.objective.step_size} is larger than 2.5 * eps "

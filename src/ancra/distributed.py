@@ -11,13 +11,18 @@ DistributedDataParallel; rank 0 writes logs and checkpoints.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import nn
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,56 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group if there is one; returns the rank info and this rank's device.
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs ``nvidia-smi -L`` lists (empty where there is no nvidia-smi or it fails)."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        run = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in run.stdout.splitlines() if line.startswith("GPU ")] if run.returncode == 0 else []
 
-    ``device`` is ``auto``, ``cpu`` or ``cuda``; under torchrun with CUDA each rank takes
-    ``cuda:LOCAL_RANK``."""
+
+def resolve_device(setting: str) -> str:
+    """``auto`` / ``cpu`` / ``cuda`` -> ``cpu`` or ``cuda``, refusing what cannot work.
+
+    ``auto`` takes CUDA when torch can use it. Where a GPU is visible but torch cannot use it (a
+    CPU-only wheel on a GPU node, a driver older than the build), falling back to the CPU would
+    silently turn hours into days: that is refused with the reason; ``cpu`` asks for the CPU."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device 'cuda' asked for, but {_why_no_cuda()}: use 'auto' or 'cpu'")
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    gpus = visible_gpus()
+    if gpus:
+        more = f" and {len(gpus) - 1} more" if len(gpus) > 1 else ""
+        raise UserError(
+            f"nvidia-smi sees a GPU ({gpus[0]}{more}) but {_why_no_cuda()}: install a CUDA build of torch "
+            "(https://pytorch.org/get-started/locally/), or ask for the CPU with device 'cpu' "
+            '(train.device = "cpu" or --device cpu)'
+        )
+    return "cpu"
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    return f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) cannot use it (driver too old, or no device)"
+
+
+def init_distributed(device: str, process_group: bool = True) -> tuple[DistInfo, torch.device]:
+    """Rank info from torchrun's environment and this rank's device; joins the process group
+    (NCCL on GPUs, gloo on CPUs) unless ``process_group`` is False (``ancra eval`` coordinates its
+    ranks through files, so that hours of uneven work never meet a collective's timeout).
+
+    ``device`` is ``auto``, ``cpu`` or ``cuda`` (see :func:`resolve_device`); under torchrun with
+    CUDA each rank takes ``cuda:LOCAL_RANK``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device) == "cuda"
     if world == 1:
         return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -50,9 +98,21 @@ def init_distributed(device: str) -> tuple[DistInfo, torch.device]:
         dev = torch.device("cuda", info.local_rank)
     else:
         dev = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if process_group and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
     return info, dev
+
+
+def collective_timeout() -> timedelta | None:
+    """The process group's collective timeout: ``ANCRA_COLLECTIVE_TIMEOUT_S`` seconds if set (tests
+    shorten it to show that nothing waits on a collective for long), else torch's default."""
+    value = os.environ.get("ANCRA_COLLECTIVE_TIMEOUT_S")
+    if not value:
+        return None
+    try:
+        return timedelta(seconds=float(value))
+    except ValueError:
+        raise UserError(f"ANCRA_COLLECTIVE_TIMEOUT_S must be a number of seconds, got {value!r}") from None
 
 
 def barrier(info: DistInfo) -> None:
@@ -64,6 +124,28 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), one broadcast per dtype.
+
+    DistributedDataParallel broadcasts buffers at the start of each of its forwards, but the
+    attacks run on the inner network before that, in eval mode, with the running statistics:
+    without this call rank r attacks with its own statistics (rank 0's plus its last local
+    update), so ranks attack slightly different models, and a resumed run, whose ranks all load
+    rank 0's statistics, is not the run that was interrupted."""
+    if not info.enabled:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buf in module.buffers():
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():
+        flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for b in bufs:
+            b.data.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):

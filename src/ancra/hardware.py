@@ -130,10 +130,69 @@ def use_channels_last(setting: bool | str, model: nn.Module, device: torch.devic
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse bf16 training on a CPU that would emulate it: there it is several times slower than
-    fp32 (docs/PERFORMANCE.md), so it can only cost time; a GPU or an avx512_bf16/AMX CPU is fine."""
+    fp32 (docs/PERFORMANCE.md), so it can only cost time; a GPU or an avx512_bf16/AMX CPU is fine.
+    TF32 is a CUDA tensor-core format: refused on a CPU."""
+    if precision == "tf32" and device.type != "cuda":
+        raise UserError('train.precision = "tf32" is a CUDA setting (TF32 tensor cores); on a CPU set "fp32" or "bf16"')
     if precision == "bf16" and device.type == "cpu" and not native_bf16():
         raise UserError(
             f'train.precision = "bf16" on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}, '
             f"no avx512_bf16/AMX in use): bf16 would be emulated and several times slower than fp32; "
             f'set train.precision = "fp32"'
         )
+
+
+#: what a deterministic run on CUDA cannot make deterministic, said when a user asks for it
+CUDA_NONDETERMINISM = (
+    "ops without a deterministic CUDA kernel (e.g. adaptive_avg_pool2d backward, index_add) "
+    "still run nondeterministically and warn once; bit-exact repeats also need the same GPU model, "
+    "driver, CUDA and torch build"
+)
+
+
+def configure_kernels(device: torch.device, deterministic: bool | str, precision: str) -> list[str]:
+    """Set torch's global kernel choices for training on ``device``; returns notes for the log.
+
+    ``deterministic`` is ``train.deterministic``: ``"auto"`` (the default) is deterministic on a
+    CPU, where it costs next to nothing and makes runs bit-reproducible, and fast on CUDA (cuDNN
+    autotuning on). ``True`` on CUDA sets what determinism needs (``CUBLAS_WORKSPACE_CONFIG``,
+    deterministic cuDNN algorithms, no autotuning, torch's deterministic mode, which also fills new
+    tensors with NaN) and says what stays nondeterministic. ``precision`` decides TF32 on CUDA
+    (``tf32`` on, ``fp32`` and ``bf16`` off)."""
+    cuda = device.type == "cuda"
+    exact = deterministic is True or (deterministic == "auto" and not cuda)
+    notes = []
+    if exact and cuda:
+        # read when cuBLAS creates its handle: set before the first CUDA matmul of the process
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        notes.append(
+            "train.deterministic = true on CUDA: cuDNN autotuning off, deterministic algorithms, "
+            f"CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}; {CUDA_NONDETERMINISM}"
+        )
+    torch.use_deterministic_algorithms(exact, warn_only=True)
+    torch.backends.cudnn.deterministic = exact
+    torch.backends.cudnn.benchmark = cuda and not exact
+    if cuda:
+        from .precision import set_tf32
+
+        set_tf32(precision == "tf32")
+    return notes
+
+
+def describe_device(device: torch.device) -> str:
+    """One line naming the device a run uses (logged at start: a silent CPU fallback is a trap)."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    info = cpu_info()
+    return f"cpu ({info['cpu']}, {info['capability']}, {info['threads']} threads)"
+
+
+def compile_network(net: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``net.compile(backend=...)`` in place: every later call ``net(...)`` runs compiled code,
+    whoever makes it (a DistributedDataParallel wrapper, the attacks, validation), and the module
+    keeps its attributes and state_dict keys (``torch.compile(net)`` would return a wrapper that
+    only its own callers use)."""
+    if not hasattr(net, "compile"):
+        raise UserError(f"train.compile needs torch >= 2.2 (nn.Module.compile); this is torch {torch.__version__}")
+    net.compile(backend=backend)
+    return net

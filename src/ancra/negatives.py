@@ -42,15 +42,18 @@ def select_negatives(
     epoch: int = 0,
     warmup: int = 10,
     generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Indices (B, k) of each anchor's negatives within the batch.
 
     ``logits``: the batch's natural logits (B, K), required by soft/hard/easy after warm-up.
+    ``check``: raise if an anchor has fewer than ``k`` other-class examples (this waits for the
+    device); unchecked, such an anchor gets same-class examples, which the caller can count.
     """
     base, _ = parse_strategy(strategy)
     b = labels.shape[0]
     valid = labels[None, :] != labels[:, None]  # [i, j]: j may be a negative of anchor i
-    if int(valid.sum(1).min()) < k:
+    if check and int(valid.sum(1).min()) < k:
         raise ValueError(
             f"an anchor has fewer than k={k} other-class examples in its batch of {b}: "
             "use a larger batch or a smaller k"

@@ -29,8 +29,10 @@ from torch import nn
 from .attacks import STARTS, attack_mode, pgd
 from .distributed import unwrap
 from .losses import BASE_LOSSES, anc_loss
+from .models.ra import RAOutput
 from .negatives import STRATEGIES, needs_predictions, parse_strategy, select_negatives
 from .options import check_option, option
+from .precision import autocast_context, no_autocast
 
 METHODS = tuple(BASE_LOSSES)
 
@@ -101,17 +103,45 @@ def training_step(
     objective: Objective,
     epoch: int = 0,
     generator: torch.Generator | None = None,
+    *,
+    precision: str = "fp32",
+    sync_checks: bool = True,
 ) -> dict[str, torch.Tensor]:
     """One optimiser step of ``objective`` on the batch ``(x, y)``; usable from any training loop.
 
+    ``model`` is an ancra network (:func:`ancra.models.create_model`; Reverse Attention needs its
+    RA blocks), or any ``nn.Module`` classifier returning logits, for which the base objective and
+    ANC apply to its output (there are no RA heads); either may be wrapped in
+    DistributedDataParallel. ``x`` holds images in [0, 1].
+
+    ``precision``: ``bf16`` runs the forwards and the loss (attacks included) under bf16 autocast;
+    the backward pass and the optimiser step always run outside autocast. ``sync_checks``: check
+    that ``x`` lies in [0, 1] and that every anchor has enough other-class negatives before using
+    them (each check waits for the device); a loop that guarantees the range (the Trainer's uint8
+    data) passes False and checks the returned ``same_class_negatives`` every few steps instead.
+
     Returns detached 0-dim tensors (no device sync): ``loss``, ``base_loss``, ``anc_loss``,
-    ``nat_acc``, ``adv_acc``, ``neg_acc`` (only those the method computes).
+    ``nat_acc``, ``adv_acc``, ``neg_acc``, ``same_class_negatives`` (only those the method
+    computes; the last is the fraction of negatives of the anchor's own class, 0 unless a batch
+    has too few classes).
     """
     obj = objective
     # ``model`` may be a DistributedDataParallel wrapper: gradient-carrying forwards go through
     # it, attacks and no-grad forwards use the inner network (no gradient sync needed there).
+    # Compiled in place (Trainer, ancra bench), the inner network runs compiled code for both.
     net = unwrap(model)
     cr_beta = obj.cr_beta if getattr(net, "ra_blocks", 0) > 0 else 0.0
+    with autocast_context(x.device, precision):
+        metrics, loss = _forward_and_loss(model, net, x, y, obj, cr_beta, epoch, generator, sync_checks)
+    with no_autocast(x.device):  # a caller's own autocast region included
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return metrics
+
+
+def _forward_and_loss(model, net, x, y, obj: Objective, cr_beta, epoch, generator, sync_checks):
+    """Steps (1)-(4) of :func:`training_step` up to the loss: returns (metrics, loss)."""
     b = x.shape[0]
 
     # (1) negatives of each anchor, drawn within the batch
@@ -121,8 +151,9 @@ def training_step(
         if needs_predictions(obj.negatives, epoch, obj.warmup):
             with torch.no_grad(), attack_mode(net):
                 logits = net(x)
-        idx = select_negatives(y, obj.k, obj.negatives, logits, epoch, obj.warmup, generator).reshape(-1)
-        x_neg, y_neg = x[idx], y[idx]
+        idx = select_negatives(y, obj.k, obj.negatives, logits, epoch, obj.warmup, generator, check=sync_checks)
+        x_neg, y_neg = x[idx.reshape(-1)], y[idx.reshape(-1)]
+        same_class = (y[idx] == y[:, None]).float().mean()
 
     # (2) both attacks as one batch: untargeted on the anchors, targeted (towards each anchor's
     # class) on the negatives
@@ -145,7 +176,7 @@ def training_step(
         if attack_negatives:
             xs.append(x_neg), ys.append(y.repeat_interleave(obj.k))
             targeted.append(torch.ones(x_neg.shape[0], dtype=torch.bool, device=x.device))
-        adv = pgd(net, torch.cat(xs), torch.cat(ys), targeted=torch.cat(targeted), **attack)
+        adv = pgd(net, torch.cat(xs), torch.cat(ys), targeted=torch.cat(targeted), check_range=sync_checks, **attack)
         if attack_anchors:
             x_adv = adv[:b]
         if attack_negatives:
@@ -154,11 +185,20 @@ def training_step(
     # (3) train-mode forwards, with label-driven RA masks; the negative uses its own label
     model.train()
     needs_nat = obj.method != "pgd_at" or obj.uses_anc
-    out_nat = model(x, y, with_aux=True) if needs_nat else None
-    out_adv = model(x_adv, y, with_aux=True) if x_adv is not None else None
-    out_neg = model(x_neg, y_neg, with_aux=True) if obj.uses_anc else None
 
-    # (4) loss, backward, step
+    def train_forward(inputs, labels) -> RAOutput:
+        if hasattr(net, "forward_with_aux"):  # an ancra network: label-driven RA masks, aux heads
+            return model(inputs, labels, with_aux=True)
+        logits = model(inputs)  # any classifier: the final head only (ANC and the base losses apply)
+        if not torch.is_tensor(logits):
+            raise TypeError(f"training_step needs a model that returns logits, got {type(logits).__name__}")
+        return RAOutput(logits)
+
+    out_nat = train_forward(x, y) if needs_nat else None
+    out_adv = train_forward(x_adv, y) if x_adv is not None else None
+    out_neg = train_forward(x_neg, y_neg) if obj.uses_anc else None
+
+    # (4) loss (backward and step: training_step, outside autocast)
     base_fn = BASE_LOSSES[obj.method]
     base = _over_heads(lambda nat, adv: base_fn(nat, adv, y, obj.beta), (out_nat, out_adv), cr_beta)
     loss = base
@@ -168,14 +208,11 @@ def training_step(
         loss = base + obj.zeta * anc
         metrics["anc_loss"] = anc.detach()
         metrics["neg_acc"] = _accuracy(out_neg.logits.detach(), y_neg)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
+        metrics["same_class_negatives"] = same_class
     metrics["loss"] = loss.detach()
     metrics["base_loss"] = base.detach()
     if out_nat is not None:
         metrics["nat_acc"] = _accuracy(out_nat.logits.detach(), y)
     if out_adv is not None:
         metrics["adv_acc"] = _accuracy(out_adv.logits.detach(), y)
-    return metrics
+    return metrics, loss

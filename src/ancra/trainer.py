@@ -31,29 +31,35 @@ import numpy as np
 import torch
 
 from .attacks import pgd
-from .checkpoint import atomic_save, safe_load, save_weights
+from .checkpoint import atomic_save, safe_load, save_weights, to_cpu
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
-from .distributed import all_reduce_sum, barrier, convert_sync_batchnorm, init_distributed
+from .distributed import all_reduce_sum, barrier, broadcast_buffers, convert_sync_batchnorm, init_distributed
 from .errors import UserError
-from .hardware import check_precision, device_info, use_channels_last
+from .hardware import (
+    check_precision,
+    compile_network,
+    configure_kernels,
+    describe_device,
+    device_info,
+    use_channels_last,
+)
 from .models import create_model
 from .objectives import training_step
-from .precision import autocast_context
 from .progress import Progress
 
 STATE_FORMAT = "ancra-state/1"
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+#: steps between the checks that need the host to wait for the device (finite loss, valid
+#: negatives); a failed check names the first step that failed
+CHECK_EVERY = 10
+
+
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -87,6 +93,58 @@ def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch
     return counts
 
 
+def load_initial_weights(net: torch.nn.Module, path: Path) -> None:
+    """Load ``train.init_from`` into ``net``: an ancra weights file, or a state dict saved elsewhere
+    (``module.`` / ``_orig_mod.`` prefixes stripped); it must fit the configured architecture."""
+    from .checkpoint import FORMAT
+    from .sources import state_dict_of
+
+    obj = safe_load(path)
+    state = obj["state_dict"] if isinstance(obj, dict) and obj.get("format") == FORMAT else state_dict_of(obj, path)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line), first[0])
+        raise UserError(
+            f"train.init_from = {path} does not fit the configured model ({detail[:200]}): "
+            "check model.name, model.width and model.num_blocks"
+        ) from None
+
+
+class StepHealth:
+    """The per-step checks that need a value on the host (a finite loss; every negative of
+    another class), kept on the device and read every :data:`CHECK_EVERY` steps: the step loop
+    never waits for the device, and a failure still names the first step that failed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_bad_loss = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_bad_negatives = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_loss_value = torch.zeros((), device=device)
+
+    def record(self, step: int, metrics: dict[str, torch.Tensor]) -> None:
+        loss = metrics["loss"]
+        new = (self.first_bad_loss < 0) & ~torch.isfinite(loss)
+        self.first_bad_loss = torch.where(new, step, self.first_bad_loss)
+        self.bad_loss_value = torch.where(new, loss.float(), self.bad_loss_value)
+        if "same_class_negatives" in metrics:
+            new = (self.first_bad_negatives < 0) & (metrics["same_class_negatives"] > 0)
+            self.first_bad_negatives = torch.where(new, step, self.first_bad_negatives)
+
+    def raise_if_failed(self, epoch: int, lr: float, state: Path) -> None:
+        bad_loss, bad_negatives = torch.stack([self.first_bad_loss, self.first_bad_negatives]).tolist()
+        if bad_loss >= 0:
+            raise UserError(
+                f"the loss became {self.bad_loss_value.item()} at epoch {epoch + 1}, step {bad_loss + 1}: "
+                f"lower train.lr (now {lr}); the last good state is kept in {state}"
+            )
+        if bad_negatives >= 0:
+            raise UserError(
+                f"a batch had an anchor without enough other-class examples for its negatives at epoch "
+                f"{epoch + 1}, step {bad_negatives + 1}: use a larger train.batch_size or a smaller objective.k"
+            )
+
+
 @dataclass
 class RunFiles:
     out: Path
@@ -111,6 +169,10 @@ class RunFiles:
     def config(self) -> Path:
         return self.out / "config.json"
 
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out / "metrics.csv"
+
 
 def _append_jsonl(path: Path, record: dict) -> None:
     try:
@@ -122,6 +184,36 @@ def _append_jsonl(path: Path, record: dict) -> None:
         if e.errno == errno.ENOSPC:
             raise UserError(f"disk full while writing {path}: free some space, then resume the run") from None
         raise
+
+
+def write_metrics_csv(jsonl: Path, csv_path: Path) -> None:
+    """``metrics.csv``: the scalar columns of ``metrics.jsonl`` (which stays the record), one row per
+    epoch, rewritten whole and atomically after each epoch."""
+    import csv
+    import io
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.exists() else []
+    rows = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None} for r in rows]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = csv_path.with_suffix(".tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, csv_path)
+
+
+def open_tensorboard(folder: Path):
+    """A TensorBoard ``SummaryWriter`` on ``folder`` (scalars ``step/loss`` and ``epoch/*``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "train.tensorboard = true needs the tensorboard package: pip install 'ancra[tensorboard]' "
+            "(or set it to false; metrics.jsonl and metrics.csv are written either way)"
+        ) from None
+    return SummaryWriter(str(folder))
 
 
 def _truncate_metrics(path: Path, next_epoch: int) -> None:
@@ -137,16 +229,20 @@ def _truncate_metrics(path: Path, next_epoch: int) -> None:
 class Trainer:
     """Builds everything from a :class:`Config` and runs (or resumes) the epochs."""
 
-    def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, out_dir: str | Path, progress: bool = True, *, initial: bool = True) -> None:
+        """``initial``: a new run (``train.init_from`` is loaded); a resumed run takes its weights
+        from its state instead."""
         self.cfg = cfg
         self.files = RunFiles(Path(out_dir))
         t = cfg.train
-        if t.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
         self.dist, self.device = init_distributed(t.device)
         self.progress = progress and self.dist.is_main
         check_precision(t.precision, self.device)  # before loading any data: refuse fast
-        seed_everything(t.seed, t.deterministic)
+        notes = configure_kernels(self.device, t.deterministic, t.precision)
+        if self.progress:
+            for note in [f"device: {describe_device(self.device)}", *notes]:
+                print(note, file=sys.stderr, flush=True)
+        seed_everything(t.seed)
         world = self.dist.world_size
         if t.batch_size % world:
             raise UserError(
@@ -183,6 +279,10 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         net = create_model(cfg.model.name, splits.num_classes, splits.in_channels, **cfg.model.kwargs())
+        if t.init_from and initial:
+            load_initial_weights(net, Path(t.init_from))
+            if self.progress:
+                print(f"initial weights: {t.init_from}", file=sys.stderr, flush=True)
         if t.sync_bn and self.dist.enabled:
             net = convert_sync_batchnorm(net, self.device)
         self.channels_last = use_channels_last(t.channels_last, net, self.device)
@@ -196,18 +296,24 @@ class Trainer:
         # what each epoch's speed is measured on (a resumed run builds a new Trainer, so a run
         # continued on another machine records that machine)
         self.hardware = {**device_info(self.device), "channels_last": self.channels_last}
+        if t.compile:
+            # in place, before DDP (PyTorch's "where to apply torch.compile"): every call of the
+            # network, attacks and prediction forwards included, runs compiled, and its state_dict
+            # keys stay those of the plain network
+            compile_network(net, t.compile_backend)
         self.net = net
         self.model = net
         if self.dist.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if t.compile:
-            self.model = torch.compile(self.model)
         self.objective = cfg.objective
         self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.epoch = 0
         self.best = {"epoch": -1, "val_pgd_acc": -1.0}
+        self.tensorboard = (
+            open_tensorboard(self.files.out / "tensorboard") if t.tensorboard and self.dist.is_main else None
+        )
 
     # --- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -215,8 +321,8 @@ class Trainer:
             "format": STATE_FORMAT,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": to_cpu(self.net.state_dict()),
+            "optimizer": to_cpu(self.optimizer.state_dict()),
             "best": dict(self.best),
         }
 
@@ -236,12 +342,36 @@ class Trainer:
         state = safe_load(files.state)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise UserError(f"{files.state} is not an ancra training state")
-        trainer = cls(config_from_dict(state["config"]), out_dir, progress)
+        trainer = cls(config_from_dict(state["config"]), out_dir, progress, initial=False)
         trainer.net.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.epoch = state["epoch"]
         trainer.best = state["best"]
         return trainer
+
+    @classmethod
+    def resume_same(cls, out_dir: str | Path, cfg: Config, progress: bool = True) -> "Trainer":
+        """Resume the run in ``out_dir`` if it was started with ``cfg`` (``--auto-resume``, a
+        torchrun restart); a run of another config there is refused, never overwritten."""
+        files = RunFiles(Path(out_dir))
+        recorded = None
+        if files.config.exists():
+            try:
+                recorded = json.loads(files.config.read_text())
+            except json.JSONDecodeError:
+                recorded = None
+        if recorded is not None and recorded != cfg.to_dict():
+            changed = sorted(
+                f"{section}.{key}"
+                for section, values in cfg.to_dict().items()
+                for key, value in values.items()
+                if (recorded.get(section) or {}).get(key) != value
+            )
+            raise UserError(
+                f"{out_dir} holds a run of another config (differs in {', '.join(changed[:5]) or 'its sections'}): "
+                "choose another --out, or continue that run with --resume"
+            )
+        return cls.resume(out_dir, progress)
 
     def _save(self, record: dict) -> None:
         """Rank 0 writes; every rank waits so that no rank runs ahead of the saved state."""
@@ -274,23 +404,35 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(epoch_seed(cfg.train.seed, epoch, self.dist.rank))
         bar = Progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=self.progress)
         sums: dict[str, torch.Tensor] = {}
+        health = StepHealth(self.device)
         start = time.perf_counter()
         for step, (x, y) in enumerate(self.loader):
             if step == n_steps:
                 break
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(self.device, cfg.train.precision):
-                metrics = training_step(self.model, self.optimizer, x, y, self.objective, epoch, gen)
+            broadcast_buffers(self.net, self.dist)  # every rank attacks rank 0's model
+            # the loader's images are uint8 / 255, in [0, 1] by construction: no per-step range check
+            metrics = training_step(
+                self.model,
+                self.optimizer,
+                x,
+                y,
+                self.objective,
+                epoch,
+                gen,
+                precision=cfg.train.precision,
+                sync_checks=False,
+            )
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0) + v
-            if not torch.isfinite(metrics["loss"]):
-                raise UserError(
-                    f"the loss became {metrics['loss'].item()} at epoch {epoch + 1}, step {step + 1}: "
-                    f"lower train.lr (now {lr}); the last good state is kept in {self.files.state}"
-                )
-            if step % 10 == 0 or step + 1 == n_steps:
-                bar.update(step + 1, loss=metrics["loss"].item())
+            health.record(step, metrics)
+            if step % CHECK_EVERY == 0 or step + 1 == n_steps:
+                health.raise_if_failed(epoch, lr, self.files.state)
+                loss = metrics["loss"].item()
+                bar.update(step + 1, loss=loss)
+                if self.tensorboard is not None:
+                    self.tensorboard.add_scalar("step/loss", loss, epoch * n_steps + step)
         bar.close()
         seconds = time.perf_counter() - start
         keys = sorted(sums)
@@ -302,6 +444,7 @@ class Trainer:
         record["epoch_s"] = seconds
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
         record["hardware"] = self.hardware
+        broadcast_buffers(self.net, self.dist)  # every rank validates the model rank 0 saves
         counts = count_clean_and_pgd(
             self.net,
             self.val_x,
@@ -337,6 +480,12 @@ class Trainer:
                 self.best = {"epoch": record["epoch"], "val_pgd_acc": val, "val_clean_acc": record["val_clean_acc"]}
             if self.dist.is_main:
                 _append_jsonl(self.files.metrics, record)
+                write_metrics_csv(self.files.metrics, self.files.metrics_csv)
+                if self.tensorboard is not None:
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            self.tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"] + 1)
+                    self.tensorboard.flush()
             self.epoch += 1
             self._save(record)
             if self.progress:
@@ -347,4 +496,6 @@ class Trainer:
                     f"{record['images_per_s']:.0f} img/s",
                     flush=True,
                 )
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return {"best": self.best, "last": record, "out": str(self.files.out)}

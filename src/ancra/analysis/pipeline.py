@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.registry import dataset_info
+from ..distributed import resolve_device
 from ..errors import UserError
 from .features import embed_2d, extract_pair_features, resolve_embedding, sample_other_class
 from .inputs import checkpoint_label, read_acc_vs_eps, read_metrics
@@ -279,7 +280,7 @@ def analyze(
     )
     embedding_method = resolve_embedding(embedding)
     out = Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or resolve_device("auto"))
     notes: list[str] = []
 
     checkpoints = _load_checkpoints(paths)

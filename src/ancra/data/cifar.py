@@ -200,29 +200,31 @@ def load_cifar(root: PathLike | None = None, num_classes: int = 10, download: bo
     if not folder.is_dir() and (root / layout.test[0]).is_file():
         folder = root  # the user pointed at the batches folder itself
     if not folder.is_dir():
-        archive = root / layout.archive
-        if not archive.is_file():
-            url = CIFAR_URL + layout.archive
-            if not download:
-                raise UserError(
-                    f"CIFAR-{num_classes} not found: neither {folder} nor {archive} exists; "
-                    f"download {url} into {root} (or pass --data-dir DIR holding it), or allow downloading"
-                )
-            try:
-                _download(url, archive)
-            except _DOWNLOAD_ERRORS as exc:
-                raise UserError(
-                    f"could not download {url} to {archive} ({exc}); fetch it by hand into {root} "
-                    "or pass --data-dir DIR holding it"
-                ) from None
-        expected = CIFAR_ARCHIVE_MD5[layout.archive]
-        actual = file_digest(archive)
-        if actual != expected:
-            raise UserError(
-                f"{archive} is corrupt or incomplete (md5 {actual}, expected {expected}); "
-                "delete it and download it again"
-            )
-        _extract_cifar(archive, layout)
+        with files.preparing(root):  # one process downloads and extracts, the others wait
+            if not folder.is_dir():
+                archive = root / layout.archive
+                if not archive.is_file():
+                    url = CIFAR_URL + layout.archive
+                    if not download:
+                        raise UserError(
+                            f"CIFAR-{num_classes} not found: neither {folder} nor {archive} exists; "
+                            f"download {url} into {root} (or pass --data-dir DIR holding it), or allow downloading"
+                        )
+                    try:
+                        _download(url, archive)
+                    except _DOWNLOAD_ERRORS as exc:
+                        raise UserError(
+                            f"could not download {url} to {archive} ({exc}); fetch it by hand into {root} "
+                            "or pass --data-dir DIR holding it"
+                        ) from None
+                expected = CIFAR_ARCHIVE_MD5[layout.archive]
+                actual = file_digest(archive)
+                if actual != expected:
+                    raise UserError(
+                        f"{archive} is corrupt or incomplete (md5 {actual}, expected {expected}); "
+                        "delete it and download it again"
+                    )
+                _extract_cifar(archive, layout)
 
     def load(names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [_load_cifar_batch(folder / n, layout.label_key, num_classes) for n in names]

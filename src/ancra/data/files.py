@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -49,6 +50,45 @@ def _download(url: str, dest: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True):
+    """Hold an exclusive advisory lock (``flock``) on ``path`` (created if needed); yields True
+    once held, or False at once when ``blocking`` is False and another process holds it. The
+    kernel drops the lock when its holder dies, so a killed process never leaves it taken."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def preparing(folder: Path):
+    """Serialise the preparation (download, extraction, decoding) of a dataset folder between
+    processes, e.g. every rank of a first torchrun job: the first one prepares while the others
+    wait here, then find the folder ready (callers check again inside). The lock file lives in
+    ``~/.cache/ancra/locks/`` (named by the folder's path), not in the data folder; where it
+    cannot be created nobody is serialised."""
+    name = hashlib.sha256(str(Path(folder).expanduser().resolve()).encode()).hexdigest()[:32]
+    try:
+        locks = default_cache_dir() / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = file_lock(locks / f"{name}.lock")
+        lock.__enter__()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def file_digest(path: PathLike, algorithm: str = "md5") -> str:

@@ -174,21 +174,23 @@ def load_fashion_mnist(data_dir: PathLike | None = None, download: bool = True) 
     target = user_dir if user_dir is not None else cache_dir
     if download:
         fetched: list[Path] = []
-        try:
-            for stem in _missing_fmnist_files(target):
-                dest = target / f"{stem}.gz"
-                _download(FASHION_MNIST_URL + dest.name, dest)
-                fetched.append(dest)
-        except _DOWNLOAD_ERRORS as exc:
-            reason = f"the download from {FASHION_MNIST_URL} failed ({exc})"
-        else:
+        # one process downloads, the others wait and find the files (the check runs inside)
+        with files.preparing(target):
             try:
-                return _load_fashion_mnist_dir(target)
-            except UserError as exc:
-                for path in fetched:  # never leave a bad download behind to be found next time
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                raise UserError(f"{exc} (the downloaded files were deleted; retry)") from None
+                for stem in _missing_fmnist_files(target):
+                    dest = target / f"{stem}.gz"
+                    _download(FASHION_MNIST_URL + dest.name, dest)
+                    fetched.append(dest)
+            except _DOWNLOAD_ERRORS as exc:
+                reason = f"the download from {FASHION_MNIST_URL} failed ({exc})"
+            else:
+                try:
+                    return _load_fashion_mnist_dir(target)
+                except UserError as exc:
+                    for path in fetched:  # never leave a bad download behind to be found next time
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+                    raise UserError(f"{exc} (the downloaded files were deleted; retry)") from None
     else:
         reason = "downloading is disabled"
     looked = ", ".join(str(d) for d in candidates)

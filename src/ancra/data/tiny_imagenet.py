@@ -13,6 +13,7 @@ import torch
 
 from ancra.errors import UserError
 
+from . import files
 from .files import PathLike
 from .splits import DatasetSplits
 
@@ -155,17 +156,10 @@ def load_tiny_imagenet(root: PathLike) -> DatasetSplits:
     cache = root / TINY_IMAGENET_CACHE
     arrays = _read_tiny_cache(cache, wnids) if cache.is_file() else None
     if arrays is None:
-        train_paths, train_labels, test_paths, test_labels = _tiny_imagenet_files(root, wnids)
-        count = len(train_paths) + len(test_paths)
-        log.info("decoding %d Tiny-ImageNet images (cached afterwards in %s)", count, cache)
-        arrays = {
-            "train_x": _decode_images(train_paths),
-            "train_y": np.asarray(train_labels, dtype=np.int64),
-            "test_x": _decode_images(test_paths),
-            "test_y": np.asarray(test_labels, dtype=np.int64),
-            "wnids": np.asarray(wnids),  # unicode array: loadable with allow_pickle=False
-        }
-        _write_tiny_cache(cache, arrays)
+        with files.preparing(root):  # one process decodes, the others wait for its cache
+            arrays = _read_tiny_cache(cache, wnids) if cache.is_file() else None
+            if arrays is None:
+                arrays = _decode_and_cache(root, wnids, cache)
     return DatasetSplits(
         train_x=torch.from_numpy(arrays["train_x"]),
         train_y=torch.from_numpy(arrays["train_y"]),
@@ -174,3 +168,19 @@ def load_tiny_imagenet(root: PathLike) -> DatasetSplits:
         num_classes=len(wnids),
         name="tiny-imagenet",
     )
+
+
+def _decode_and_cache(root: Path, wnids: list[str], cache: Path) -> dict[str, np.ndarray]:
+    """Decode every image of the folder (minutes for the 110k of Tiny-ImageNet) and cache them."""
+    train_paths, train_labels, test_paths, test_labels = _tiny_imagenet_files(root, wnids)
+    count = len(train_paths) + len(test_paths)
+    log.info("decoding %d Tiny-ImageNet images (cached afterwards in %s)", count, cache)
+    arrays = {
+        "train_x": _decode_images(train_paths),
+        "train_y": np.asarray(train_labels, dtype=np.int64),
+        "test_x": _decode_images(test_paths),
+        "test_y": np.asarray(test_labels, dtype=np.int64),
+        "wnids": np.asarray(wnids),  # unicode array: loadable with allow_pickle=False
+    }
+    _write_tiny_cache(cache, arrays)
+    return arrays

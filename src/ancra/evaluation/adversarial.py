@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save
+from ..errors import UserError
 from .common import AttackResult
 
 ADVERSARIAL = "adversarial.pt"
@@ -69,9 +71,7 @@ class AdversarialStore:
 
     def save(self, out_dir: Path) -> Path:
         path = Path(out_dir) / ADVERSARIAL
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        atomic_save(self.state(), path)
         return path
 
 
@@ -80,7 +80,14 @@ def load_adversarial(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / ADVERSARIAL
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        adv = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an untrusted or torn file: one line, not a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"{path} is unreadable ({first}): delete {path.parent} and rerun its evaluation") from None
+    if not isinstance(adv, dict) or adv.get("format") != FORMAT:
+        raise UserError(f"{path} is not a file of saved adversarial inputs ({FORMAT})")
+    return adv
 
 
 def merge_adversarial(shard_dirs, out_dir) -> Path | None:
@@ -116,5 +123,5 @@ def merge_adversarial(shard_dirs, out_dir) -> Path | None:
         "n_examples": offset,
     }
     path = Path(out_dir) / ADVERSARIAL
-    torch.save(state, path)
+    atomic_save(state, path)
     return path

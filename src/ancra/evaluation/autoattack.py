@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..attacks import attack_mode
+from ..checkpoint import atomic_save
 from ..errors import UserError
 from .common import AttackResult, Timer, batches, predict
 from .pyautoattack_compat import fixed_state_class, patched_state, set_apgd_iters
@@ -226,10 +227,14 @@ def run_autoattack(
             tag = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
             state_path = Path(out_dir) / f"aa_state_{tag}.json"
             result_path = Path(out_dir) / f"aa_result_{tag}.pt"
-        resumed = None
+        resumed = saved = None
         if result_path is not None and result_path.exists():
+            try:
+                saved = torch.load(result_path, map_location=x.device, weights_only=True)
+            except Exception:  # noqa: BLE001 - unreadable (e.g. torn by a crash): run AutoAttack again
+                result_path.unlink()
+        if saved is not None:
             # a finished run of this exact configuration: reuse it (resumable evaluation)
-            saved = torch.load(result_path, map_location=x.device, weights_only=True)
             x_adv, records, seconds, resumed = saved["x_adv"], saved["log"], saved["seconds"], "finished run reused"
             cap_records = [logging.makeLogRecord(r) for r in records]
         else:
@@ -248,8 +253,8 @@ def run_autoattack(
                         raise UserError(f"{state_path}: {e} Delete the file to start AutoAttack afresh.") from None
                     raise
             cap_records, seconds = cap.records, t.seconds
-            if result_path is not None:
-                torch.save(
+            if result_path is not None:  # atomic: a torn file would be "reused" by the rerun
+                atomic_save(
                     {
                         "x_adv": x_adv.detach().cpu(),
                         "seconds": seconds,
@@ -314,13 +319,23 @@ def apgd(
     caller judges the returned inputs on the real model."""
     require_autoattack()
     device = x.device if device is None else device
+
+    def make():
+        return APGDAttack(
+            module, n_iter=n_iter, norm="Linf", n_restarts=restarts, eps=eps, seed=seed, loss=loss, device=device
+        )
+
+    return _perturb_batches(module, x, y, make, batch_size=batch_size)
+
+
+def _perturb_batches(module, x, y, make_attack, *, batch_size: int, grad: bool = True) -> torch.Tensor:
+    """``perturb`` of a reference attack, one fresh attack per batch (``make_attack()``), as
+    AutoAttack runs it: each batch starts from the attack's seed. ``grad=False`` for the
+    black-box Square Attack."""
     out = []
-    with attack_mode(module):
+    with attack_mode(module), torch.set_grad_enabled(grad):
         for s in batches(len(x), batch_size):
-            atk = APGDAttack(
-                module, n_iter=n_iter, norm="Linf", n_restarts=restarts, eps=eps, seed=seed, loss=loss, device=device
-            )
-            out.append(atk.perturb(x[s], y[s]).detach())
+            out.append(make_attack().perturb(x[s], y[s]).detach())
     return torch.cat(out) if out else x.clone()
 
 
@@ -396,21 +411,20 @@ def apgd_t(
     check are the deployed model's."""
     require_autoattack()
     device = x.device if device is None else device
-    out = []
-    with attack_mode(module):
-        for s in batches(len(x), batch_size):
-            atk = APGDAttack_targeted(
-                module,
-                n_iter=n_iter,
-                norm="Linf",
-                n_restarts=1,
-                eps=eps,
-                seed=seed,
-                device=device,
-                n_target_classes=n_targets,
-            )
-            out.append(atk.perturb(x[s], y[s]).detach())
-    return torch.cat(out) if out else x.clone()
+
+    def make():
+        return APGDAttack_targeted(
+            module,
+            n_iter=n_iter,
+            norm="Linf",
+            n_restarts=1,
+            eps=eps,
+            seed=seed,
+            device=device,
+            n_target_classes=n_targets,
+        )
+
+    return _perturb_batches(module, x, y, make, batch_size=batch_size)
 
 
 def apgd_targeted_to(
@@ -464,23 +478,22 @@ def square(
     whole schedule."""
     require_autoattack()
     device = x.device if device is None else device
-    out = []
-    with attack_mode(model), torch.no_grad():
-        for s in batches(len(x), batch_size):
-            atk = SquareAttack(
-                model,
-                p_init=0.8,
-                n_queries=int(n_queries),
-                eps=eps,
-                norm="Linf",
-                n_restarts=restarts,
-                seed=seed,
-                verbose=False,
-                device=device,
-                resc_schedule=True,
-            )
-            out.append(atk.perturb(x[s], y[s]).detach())
-    return torch.cat(out) if out else x.clone()
+
+    def make():
+        return SquareAttack(
+            model,
+            p_init=0.8,
+            n_queries=int(n_queries),
+            eps=eps,
+            norm="Linf",
+            n_restarts=restarts,
+            seed=seed,
+            verbose=False,
+            device=device,
+            resc_schedule=True,
+        )
+
+    return _perturb_batches(model, x, y, make, batch_size=batch_size, grad=False)
 
 
 def n_classes(model: nn.Module, x: torch.Tensor) -> int:

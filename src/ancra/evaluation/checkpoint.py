@@ -1,27 +1,30 @@
 """``ancra eval CHECKPOINT`` as a library call, :func:`evaluate_checkpoint`: load a weights file
 and its test split, run a suite (:func:`ancra.evaluation.evaluate`), write the report.
 
-Under torchrun the examples are split into contiguous shards, one per rank; each rank evaluates
-its shard (AutoAttack included) into ``OUT/shard-R`` and rank 0 merges the per-example results
-into ``OUT`` (per-example results equal to one process's wherever the attacks are deterministic;
-random starts are drawn per shard, see tests/test_eval_cli.py).
-
 With ``--chunk-size K`` the examples are evaluated in chunks of K into ``OUT/chunk-A-B``, each a
 complete report kept once finished: a full-budget evaluation takes CPU-hours, so an interrupted
 command (or one rerun later with a larger ``--n-examples``) skips the finished chunks and the
-report merges whatever chunks cover the first N examples. Under torchrun the ranks share out
-the chunks.
+report merges whatever chunks cover the first N examples.
+
+Under torchrun the ranks share out the chunks (one per rank when no ``--chunk-size`` is given)
+through lock files, and rank 0 merges them into ``OUT``: per-example results equal one
+process's wherever the attacks are deterministic (random starts are drawn per chunk, see
+tests/test_eval_cli.py). The ranks never meet in a collective, so however unevenly the chunks'
+costs fall (AutoAttack's cost depends on how many examples survive), no timeout kills a rank
+that waits.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, load_model
+from ..checkpoint import load_model
 from ..data import file_digest, load_dataset
-from ..distributed import barrier, init_distributed
+from ..data.files import file_lock
+from ..distributed import init_distributed
 from ..errors import UserError
 
 #: version of the suite's attack list; part of a chunk's settings (see _run_chunks)
@@ -29,7 +32,7 @@ SUITE_VERSION = 2
 
 
 def evaluate_checkpoint(
-    checkpoint: Path,
+    checkpoint: Path | None,
     out: Path,
     *,
     suite: str = "standard",
@@ -45,12 +48,24 @@ def evaluate_checkpoint(
     chunk_size: int = 0,
     autoattack_version: str = "standard",
     standalone: bool = False,
+    arch: str | None = None,
+    state_dict: Path | None = None,
+    torchscript: Path | None = None,
+    model: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+    ra_blocks: int = 0,
+    arch_options: dict | None = None,
 ) -> dict | None:
-    """Evaluate the weights file ``checkpoint`` on the first ``n_examples`` (0 = all) test examples
-    of the dataset it was trained on, at its training eps unless ``eps`` is given; write the report
-    to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job). Arguments are
-    those of ``ancra eval`` (see ``ancra eval --help``)."""
-    from .report import merge_reports
+    """Evaluate a model on the first ``n_examples`` (0 = all) test examples of its dataset; write
+    the report to ``out`` and return it (on rank 0; None on the other ranks of a torchrun job).
+
+    The model is the ancra weights file ``checkpoint`` (dataset and eps from the file unless
+    given), or one built elsewhere (``arch`` + ``state_dict``, ``torchscript`` or ``model`` =
+    ``"module:callable"``, with ``dataset``; see :mod:`ancra.sources`). Arguments are those of
+    ``ancra eval`` (see ``ancra eval --help``)."""
+    from ..data.registry import dataset_info
+    from ..sources import load_source
     from .suite import evaluate
 
     if n_examples < 0:
@@ -63,16 +78,34 @@ def evaluate_checkpoint(
         raise UserError(f"--chunk-size must be >= 0, got {chunk_size}")
     if threads:
         torch.set_num_threads(threads)
-    checkpoint, out = Path(checkpoint), Path(out)
-    ckpt = load_checkpoint(checkpoint)
-    model = ckpt.model
-    dataset = ckpt.dataset(flag=None)
-    eps = ckpt.eps(eps)
-    splits = load_dataset(dataset, ckpt.data_dir(data_dir), download=True)
-    spec = model.spec
-    if spec["in_channels"] != splits.in_channels or spec["num_classes"] != splits.num_classes:
+    out = Path(out)
+    source = load_source(
+        checkpoint,
+        arch=arch,
+        state_dict=state_dict,
+        torchscript=torchscript,
+        module=model,
+        dataset=dataset,
+        num_classes=num_classes,
+        ra_blocks=ra_blocks,
+        arch_options=arch_options,
+    )
+    net, ckpt = source.model, source.checkpoint
+    if ckpt is not None:
+        dataset = ckpt.dataset(dataset, flag=None)
+        eps = ckpt.eps(eps)
+        data_dir = ckpt.data_dir(data_dir)
+        in_channels, classes = net.spec["in_channels"], net.spec["num_classes"]
+    else:
+        dataset = dataset_info(dataset).name
+        if eps is None:
+            eps = dataset_info(dataset).default_eps
+            print(f"[eval] eps {eps:.4g}: the usual L-inf budget on {dataset} (pass --eps to change it)", flush=True)
+        in_channels, classes = source.record["in_channels"], source.record["num_classes"]
+    splits = load_dataset(dataset, data_dir, download=True)
+    if in_channels != splits.in_channels or classes != splits.num_classes:
         raise UserError(
-            f"{checkpoint} is a {spec['num_classes']}-class model on {spec['in_channels']}-channel "
+            f"{source.path or model} is a {classes}-class model on {in_channels}-channel "
             f"images but {dataset} has {splits.num_classes} classes and {splits.in_channels} channels"
         )
     n = len(splits.test_x) if n_examples == 0 else min(n_examples, len(splits.test_x))
@@ -80,17 +113,23 @@ def evaluate_checkpoint(
     y = splits.test_y[:n]
     transfer = load_model(transfer_from) if transfer_from else None
 
-    info, device = init_distributed(device)
+    # no process group: the ranks share the chunks through files and locks, so a rank that
+    # finishes hours before the others never waits on a collective (NCCL's watchdog would kill it)
+    info, device = init_distributed(device, process_group=False)
+    name = source.path.name if source.path else ""
     meta = {
-        "checkpoint": str(checkpoint),
-        "checkpoint_hash": "sha256:" + file_digest(checkpoint, "sha256"),
+        "checkpoint": str(source.path) if source.path else None,
+        "checkpoint_hash": source.digest,
+        "model_source": source.record,
         "model_selection": {
             "best.pt": "best validation PGD accuracy (held-out training split)",
             "last.pt": "last epoch",
-        }.get(checkpoint.name, "as given"),
-        "trained_epochs": ckpt.meta.get("epoch", -1) + 1,
-        "train_config": ckpt.given,
-        "architecture": spec,
+        }.get(name, "as given")
+        if ckpt is not None
+        else "as given (a model built outside ancra)",
+        "trained_epochs": ckpt.meta.get("epoch", -1) + 1 if ckpt is not None else None,
+        "train_config": ckpt.given if ckpt is not None else {},
+        "architecture": net.spec if ckpt is not None else source.record,
         "first_example": 0,  # test-set index of the report's first example (ancra verify)
     }
     subset = f"first {n} test examples" if n < len(splits.test_x) else f"full test set ({n})"
@@ -108,7 +147,9 @@ def evaluate_checkpoint(
         meta=meta,
         subset=subset,
     )
-    if chunk_size:
+    if not chunk_size and not info.enabled:
+        report = evaluate(net, x, y, out_dir=out, progress=True, **common)
+    else:
         # Everything that changes a chunk's numbers; a finished chunk is reused only if it matches.
         meta["settings"] = {
             "checkpoint_hash": meta["checkpoint_hash"],
@@ -126,26 +167,29 @@ def evaluate_checkpoint(
             meta["settings"]["standalone"] = True
         if autoattack_version != "standard":  # absent for standard: chunks of earlier versions stay valid
             meta["settings"]["autoattack_version"] = autoattack_version
-        report = _run_chunks(model, x, y, out, chunk_size, info, common)
-    elif not info.enabled:
-        report = evaluate(model, x, y, out_dir=out, progress=True, **common)
-    else:
-        bounds = [n * r // info.world_size for r in range(info.world_size + 1)]
-        lo, hi = bounds[info.rank], bounds[info.rank + 1]
-        shard = {**common, "meta": {**meta, "first_example": lo}}
-        evaluate(model, x[lo:hi], y[lo:hi], out_dir=out / f"shard-{info.rank}", progress=info.is_main, **shard)
-        barrier(info)
-        report = merge_reports([out / f"shard-{r}" for r in range(info.world_size)], out) if info.is_main else None
-        barrier(info)
+        # under torchrun without --chunk-size: one chunk per rank
+        size = chunk_size or -(-n // info.world_size)
+        report = _run_chunks(net, x, y, out, size, info, common)
     if info.is_main:
         print_summary(report, out)
     return report
 
 
+#: seconds between two looks of rank 0 at the chunks other processes are evaluating
+POLL_S = 2.0
+
+
 def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict | None:
     """Evaluate ``x`` in chunks ``[a, a + size)`` into ``out/chunk-A-B``, skipping finished ones
     (``report.json`` is written after ``per_example.pt``, so its presence means the chunk is
-    complete), then merge all chunks on rank 0. Ranks take the unfinished chunks round-robin."""
+    complete), then merge all chunks on rank 0.
+
+    Processes share the work through one lock file per chunk (``out/.chunk-A-B.lock``, an
+    advisory ``flock`` the kernel drops when its holder dies): every rank first takes its
+    round-robin share, then any chunk nobody holds; rank 0 then waits, polling the files, for
+    the chunks others hold, and takes over any whose holder died. No collective is involved, so
+    ranks may finish hours apart, and two independent commands on the same ``--out`` never
+    evaluate one chunk twice."""
     from .report import load_per_example, merge_reports
     from .suite import evaluate
 
@@ -170,30 +214,48 @@ def _run_chunks(model, x, y, out: Path, size: int, info, common: dict) -> dict |
                 f"{d} was evaluated with other settings (different {', '.join(diff)}): rerun with the "
                 f"same settings or use another --out"
             )
-    done = len(bounds) - len(todo)
     if info.is_main:
         print(
-            f"[eval] {len(bounds)} chunks of up to {size} examples: {done} finished, {len(todo)} to evaluate",
+            f"[eval] {len(bounds)} chunks of up to {size} examples: {len(bounds) - len(todo)} finished, "
+            f"{len(todo)} to evaluate",
             flush=True,
         )
+    out.mkdir(parents=True, exist_ok=True)
+
+    def run(a, b, d) -> bool:
+        """Evaluate one chunk unless it is finished or another process holds it."""
+        with file_lock(out / f".{d.name}.lock", blocking=False) as held:
+            if not held or (d / "report.json").is_file():
+                return False
+            print(f"[eval] chunk {a}-{b - 1} (rank {info.rank})", flush=True)
+            meta = {**common["meta"], "first_example": a}
+            evaluate(
+                model,
+                x[a:b],
+                y[a:b],
+                out_dir=d,
+                progress=info.is_main,
+                **{**common, "subset": f"test examples {a}-{b - 1}", "meta": meta},
+            )
+            return True
+
     mine = todo[info.rank :: info.world_size]
-    for i, (a, b, d) in enumerate(mine):
-        if info.is_main:
-            print(f"[eval] chunk {a}-{b - 1} ({i + 1}/{len(mine)} of this process)", flush=True)
-        evaluate(
-            model,
-            x[a:b],
-            y[a:b],
-            out_dir=d,
-            progress=info.is_main,
-            **{**common, "subset": f"test examples {a}-{b - 1}", "meta": {**common["meta"], "first_example": a}},
-        )
-    barrier(info)
-    report = None
-    if info.is_main:
-        report = merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
-    barrier(info)
-    return report
+    done = sum(run(*c) for c in mine + [c for c in todo if c not in mine])
+    if info.world_size > 1:
+        print(f"[eval] rank {info.rank} evaluated {done} of {len(todo)} chunks", flush=True)
+    if not info.is_main:
+        return None
+    waited = 0.0
+    while missing := [c for c in todo if not (c[2] / "report.json").is_file()]:
+        for c in missing:  # a chunk whose holder died is free again: take it over
+            run(*c)
+        if all((c[2] / "report.json").is_file() for c in missing):
+            break
+        if waited % 300 < POLL_S:
+            print(f"[eval] waiting for {len(missing)} chunks other processes are evaluating", flush=True)
+        time.sleep(POLL_S)
+        waited += POLL_S
+    return merge_reports(dirs, out, subset=f"{common['subset']}, in {len(dirs)} chunks of up to {size}")
 
 
 def print_summary(report: dict, out: Path) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save, atomic_write_text
 from ..data.registry import find_dataset
+from ..errors import UserError
 from .adversarial import ADVERSARIAL, merge_adversarial
 from .common import acc, worst_case
 from .diagnostics import BLIND_KEY, blind_gradient, gate_flips, probe_keys
@@ -161,6 +163,7 @@ def build_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         "architecture": (spec or {}).get("name") if spec else context.get("architecture"),
         "model_spec": spec,
         "is_ra_model": context.get("is_ra_model"),
+        "adaptive_applied": context.get("adaptive_applied"),
         "n_examples": n,
         "subset": context.get("subset"),
         "suite": context.get("suite"),
@@ -241,6 +244,9 @@ def to_markdown(r: dict) -> str:
         "accuracy is the running per-example worst case.",
         "",
     ]
+    if r.get("adaptive_applied"):
+        lines += ["Adaptive attacks on this model:", ""]
+        lines += [f"- {family}: {what}" for family, what in r["adaptive_applied"].items()] + [""]
     aa = r.get("autoattack")
     if aa:
         lines += [
@@ -377,7 +383,9 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = _jsonable(build_report(pe, attacks, context))
-    torch.save(
+    # atomic writes, report.json last: a report.json means the folder is complete (a finished
+    # chunk), and a crash or a full disk never leaves a half file where a good one was
+    atomic_save(
         {
             "tensors": {k: v.detach().cpu() for k, v in pe.items()},
             "attacks": _jsonable(attacks),
@@ -385,9 +393,9 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
         },
         out_dir / PER_EXAMPLE,
     )
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(to_markdown(report))
+    atomic_write_text(out_dir / "report.md", to_markdown(report))
     plot(report, out_dir)
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -396,7 +404,16 @@ def load_per_example(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / PER_EXAMPLE
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: rerun the evaluation of {path.parent}")
+    try:
+        pe = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an untrusted or torn file: one line, not a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"{path} is unreadable ({first}): delete {path.parent} and rerun its evaluation") from None
+    if not isinstance(pe, dict) or not isinstance(pe.get("tensors"), dict) or "context" not in pe:
+        raise UserError(f"{path} is not an evaluation's per-example file: delete {path.parent} and rerun it")
+    return pe
 
 
 def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
@@ -408,6 +425,34 @@ def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
     shards = [load_per_example(d) for d in shard_dirs]
     if not shards:
         raise ValueError("no shards to merge")
+    try:
+        pe, attacks, context = _merged(shards, shard_dirs, subset)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        stale = Path(out_dir) / ADVERSARIAL
+        if merge_adversarial(shard_dirs, out_dir) is None and stale.is_file():
+            stale.unlink()  # inputs of an earlier merge must not sit beside a report they do not match
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(
+            f"the evaluation folders {shard_dirs[0]} ... {shard_dirs[-1]} are damaged or do not fit together "
+            f"({type(e).__name__}: {first}): delete the damaged folders and rerun"
+        ) from None
+    return write_report(pe, attacks, context, out_dir)
+
+
+def _merged(shards: list[dict], shard_dirs, subset: str | None) -> tuple[dict, dict, dict]:
+    """The per-example tensors, attacks and context of consecutive shards, checked to fit."""
+    start = (shards[0]["context"].get("meta") or {}).get("first_example")
+    for d, s in zip(shard_dirs, shards):
+        n = {len(v) for v in s["tensors"].values()}
+        if len(n) != 1:
+            raise UserError(f"{d}: its per-example tensors have different lengths {sorted(n)}")
+        first = (s["context"].get("meta") or {}).get("first_example")
+        if start is not None and first is not None and first != start:
+            raise UserError(f"{d} starts at test example {first}, not {start}: the folders are out of order")
+        start = None if start is None else start + n.pop()
     keys = [set(s["tensors"]) for s in shards]
     common = set.intersection(*keys)
     pe = {k: torch.cat([s["tensors"][k] for s in shards]) for k in shards[0]["tensors"] if k in common}
@@ -441,8 +486,4 @@ def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
     context["total_seconds"] = sum(s["context"].get("total_seconds") or 0 for s in shards)
     context["subset"] = subset or f"merged from {len(shards)} shards"
     context["shards"] = [str(d) for d in shard_dirs]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    stale = Path(out_dir) / ADVERSARIAL
-    if merge_adversarial(shard_dirs, out_dir) is None and stale.is_file():
-        stale.unlink()  # inputs of an earlier merge must not sit beside a report they do not match
-    return write_report(pe, attacks, context, out_dir)
+    return pe, attacks, context

@@ -52,6 +52,21 @@ def _check_inputs(model, x, y) -> None:
         raise UserError("images must be float tensors in [0, 1] (the models normalise nothing)")
 
 
+def adaptive_coverage(ra: bool, transfer: bool, cfg: EvalConfig) -> dict[str, str]:
+    """Which adaptive families ran on this model, and why the others did not (in the report: an
+    evaluation of a model without RA heads is not an audit of RA's gate)."""
+    gate = "applied" if ra else "not applicable: the model has no Reverse-Attention heads"
+    square = cfg.square_queries_ra if ra else cfg.square_queries_plain
+    return {
+        "A1-A5 (gate attacks, BPDA, soft gate, branch enumeration, true-label masks)": gate,
+        "A6 transfer": "applied" if transfer else "not run: no transfer model (--transfer-from)",
+        "A6 Square": f"applied ({square} queries)"
+        if square
+        else "not run: 0 queries for RA models (no break in the first suite, docs/PERFORMANCE.md)",
+        "A7 RA-off ablation, A8 gate diagnostics": gate,
+    }
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -218,6 +233,7 @@ def _evaluate(model, x, y, cfg: EvalConfig, transfer_model, log: EvalLog, meta, 
         "model_spec": dict(spec) if isinstance(spec, dict) else None,
         "architecture": type(model).__name__,
         "is_ra_model": ra,
+        "adaptive_applied": adaptive_coverage(ra, transfer_model is not None, cfg) if cfg.adaptive else None,
         "subset": subset if subset is not None else (f"subset of {n} examples" if n < 10000 else None),
         "meta": dict(meta or {}),
         "extra_flags": extra_flags,

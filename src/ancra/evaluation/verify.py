@@ -73,8 +73,11 @@ def _read_report(report_dir: Path) -> tuple[dict, dict, dict]:
         report = json.loads((report_dir / "report.json").read_text())
         pe = load_per_example(report_dir)
         adv = load_adversarial(report_dir)
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - an unreadable file is the user's problem, said in one line
-        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {first})") from None
     return report, pe, adv
 
 
@@ -82,6 +85,7 @@ def verify_report(
     report_dir,
     *,
     checkpoint=None,
+    model: str | None = None,
     data_dir=None,
     device: str = "cpu",
     echo=print,
@@ -89,30 +93,56 @@ def verify_report(
     """Re-check the report in ``report_dir`` (see the module docstring).
 
     Args:
-        checkpoint: the weights file (default: the path the report recorded).
+        checkpoint: the model file: ancra weights, state dict or TorchScript (default: the path the
+            report recorded).
+        model: ``module:callable`` for a report of a ``--model`` evaluation (imported and run only
+            when given here: a report never names code to run).
         data_dir: the dataset folder (default: where the checkpoint's training read it).
         echo: where the progress and the table go (``None``: silent).
     """
-    from ..checkpoint import load_checkpoint
-    from ..data import file_digest, load_dataset
+    try:
+        return _verify(Path(report_dir), checkpoint, model, data_dir, device, echo)
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
+        # the report's files are untrusted data: inconsistent contents are a refusal, not a crash
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(
+            f"{report_dir}: the report's files are damaged or inconsistent ({type(e).__name__}: {first}); "
+            "rerun `ancra eval` to rebuild them"
+        ) from None
 
-    report_dir = Path(report_dir)
+
+def _verify(report_dir: Path, checkpoint, model, data_dir, device, echo) -> Verification:
+    from ..data import file_digest, load_dataset
+    from ..sources import source_from_record
+
     report, pe, adv = _read_report(report_dir)
     meta = report.get("meta") or {}
-    path = Path(checkpoint) if checkpoint else Path(meta.get("checkpoint") or "")
-    if not path.name:
-        raise UserError(f"{report_dir}: the report names no checkpoint: pass --checkpoint PATH")
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} not found: pass --checkpoint PATH (the report was made from {path.name})")
+    record = meta.get("model_source") or {"kind": "ancra", "path": meta.get("checkpoint")}
     result = Verification()
     want = report.get("checkpoint_hash")
-    got = "sha256:" + file_digest(path, "sha256")
-    if want != got:
-        result.problems.append(f"checkpoint {path} has hash {got}, the report was made from {want}")
-        return _said(result, echo)
-    ckpt = load_checkpoint(path)
-    model = ckpt.model.float().to(device).eval()
-    splits = load_dataset(report["dataset"], ckpt.data_dir(data_dir), download=False)
+    if record.get("kind") != "module":  # a file: its hash first, before anything reads it
+        path = Path(checkpoint) if checkpoint else Path(record.get("path") or "")
+        if not path.name:
+            raise UserError(f"{report_dir}: the report names no checkpoint: pass --checkpoint PATH")
+        if not path.is_file():
+            raise UserError(
+                f"checkpoint {path} not found: pass --checkpoint PATH (the report was made from {path.name})"
+            )
+        got = "sha256:" + file_digest(path, "sha256")
+        if want != got:
+            result.problems.append(f"checkpoint {path} has hash {got}, the report was made from {want}")
+            return _said(result, echo)
+        source = source_from_record(record, path=path, dataset=report["dataset"])
+    else:
+        source = source_from_record(record, module=model, dataset=report["dataset"])
+        if source.digest != want:
+            result.problems.append(f"the model of --model {model} has weights {source.digest}, the report's {want}")
+            return _said(result, echo)
+    net = source.model.float().to(device).eval()
+    ckpt_dir = source.checkpoint.data_dir(data_dir) if source.checkpoint is not None else data_dir
+    splits = load_dataset(report["dataset"], ckpt_dir, download=False)
     first, n = int(meta.get("first_example", 0)), int(report["n_examples"])
     if first + n > len(splits.test_x):
         raise UserError(f"{report_dir}: examples {first}-{first + n - 1} are beyond the {report['dataset']} test set")
@@ -121,7 +151,14 @@ def verify_report(
     eps = float(report["eps_value"])
 
     clean = pe["tensors"]["clean"].to(device)
-    broken = clean & ~worst_case(pe["tensors"], pe["attacks"]).to(device)
+    robust = worst_case(pe["tensors"], pe["attacks"]).to(device)
+    broken = clean & ~robust
+    # the headline numbers of report.json are the per-example results' (a number edited in the
+    # JSON, or a report beside per-example results it was not made from, is a mismatch)
+    for key, mask in (("clean_acc", clean), ("worst_case_acc", robust)):
+        claimed, actual = report.get(key), float(mask.float().mean()) if len(mask) else float("nan")
+        if not isinstance(claimed, (int, float)) or abs(claimed - actual) > 1e-6:
+            result.problems.append(f"report.json says {key} = {claimed}, its per-example results give {actual:.6f}")
     idx = adv["index"].to(device)
     if int(adv["n_examples"]) != n or len(clean) != n or (len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < n):
         result.problems.append(f"{ADVERSARIAL} covers {adv['n_examples']} examples, the report {n}")
@@ -142,9 +179,9 @@ def verify_report(
     with torch.no_grad(), fp32_math(device):
         fools = torch.zeros(len(idx), dtype=torch.bool, device=device)
         for i in range(len(idx)):
-            fools[i] = model(x_adv[i : i + 1]).argmax(1)[0] != y[idx[i]]
+            fools[i] = net(x_adv[i : i + 1]).argmax(1)[0] != y[idx[i]]
         wrong_clean = [int(i) for i in (~clean).nonzero().squeeze(1)]
-        clean_ok = sum(int(model(x[i : i + 1]).argmax(1)[0] != y[i]) for i in wrong_clean)
+        clean_ok = sum(int(net(x[i : i + 1]).argmax(1)[0] != y[i]) for i in wrong_clean)
     names = adv["attacks"]
     codes = adv["attack"].to(device)
     for k, name in enumerate(names):
