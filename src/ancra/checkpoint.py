@@ -55,14 +55,16 @@ def _caused_by_full_disk(e: BaseException | None) -> bool:
     return False
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` via temp file + fsync + rename (the old file survives a crash)."""
+def _atomic_write(path: str | os.PathLike, write, mode: str) -> None:
+    """Write ``path`` through ``write(file)`` into a temp file in the same folder, fsync, rename
+    over the target and fsync the folder: a crash or a full disk never leaves a half file where a
+    good one was (the temp file is removed; the previous file is untouched)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a renamed file gets the usual permissions
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,27 +85,14 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         os.close(dir_fd)
 
 
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (the old file survives a crash)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via temp file + fsync + rename, like :func:`atomic_save`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, _FILE_MODE)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if _caused_by_full_disk(e):
-            raise UserError(
-                f"disk full while writing {path}: free some space; the previous {path.name} is intact"
-            ) from None
-        raise
+    """Write a text file atomically, like :func:`atomic_save`."""
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def safe_load(path: str | os.PathLike, map_location="cpu"):
