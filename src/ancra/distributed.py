@@ -99,7 +99,25 @@ def init_distributed(device: str, process_group: bool = True) -> tuple[DistInfo,
     else:
         dev = torch.device("cpu")
     if process_group and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout())
+        backend, timeout = ("nccl" if use_cuda else "gloo"), collective_timeout()
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if attempt != "0" and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+            # workers restarted by torchrun: the group's keys go under this attempt's prefix, so no
+            # rank reads the address a killed worker of an earlier attempt left in the store
+            # (seen: "Gloo connectFullMesh failed ... Connection refused" after a restart)
+            from torch.distributed.rendezvous import _create_c10d_store
+
+            store = _create_c10d_store(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                info.rank,
+                world,
+                timeout or timedelta(minutes=30),
+            )
+            store = dist.PrefixStore(f"ancra/attempt_{attempt}", store)
+            dist.init_process_group(backend, store=store, rank=info.rank, world_size=world, timeout=timeout)
+        else:
+            dist.init_process_group(backend, timeout=timeout)
     return info, dev
 
 
