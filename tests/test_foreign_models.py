@@ -183,9 +183,14 @@ def test_foreign_model_errors_are_one_line_and_write_nothing(foreign, tmp_path):
         "def build():\n    return T()\n"
     )
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    from ancra.models import create_model
+
+    torch.save(create_model("narrow_resnet", 10, 1, width=4).state_dict(), tmp_path / "narrow.pt")  # default width 16
     (tmp_path / "not_ts.pt").write_bytes(b"not a zip at all")
     cases = [
         (["--arch", "narrow_resnet", "--state-dict", tmp_path / "other.pt", "--dataset", "fmnist"], "does not fit"),
+        # same keys, other shapes: one line too
+        (["--arch", "narrow_resnet", "--state-dict", tmp_path / "narrow.pt", "--dataset", "fmnist"], "size mismatch"),
         (["--torchscript", tmp_path / "not_ts.pt", "--dataset", "fmnist"], "is not a TorchScript file"),
         (["--model", "bad_module:build", "--dataset", "fmnist"], "cannot import bad_module"),
         (["--model", "tuple_net:build", "--dataset", "fmnist"], "must return (N, 10) logits"),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .distributed import unwrap
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import create_model
 
 if TYPE_CHECKING:
@@ -95,19 +95,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic_write(path, lambda f: f.write(text), "w")
 
 
-def safe_load(path: str | os.PathLike, map_location="cpu"):
-    """``torch.load(weights_only=True)`` with one-line errors for missing, unsafe or corrupt files."""
+def safe_load(path: str | os.PathLike, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(weights_only=True)`` with one-line errors for missing, unsafe or corrupt files
+    (``what`` the file is, for the message: a checkpoint, an evaluation's per-example results...)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]})") from None
+        raise UserError(f"refusing to load {path}: it is not a weights-only {what} ({first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - any failure to parse an untrusted file is a refusal
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read checkpoint {path}: {first} (truncated or corrupt?)") from None
+        raise UserError(f"cannot read {what} {path}: {first_line(e)} (truncated or corrupt?)") from None
+
+
+def load_state(model: nn.Module, state: dict, what: str, fix: str = "") -> None:
+    """``model.load_state_dict(state)``, strict; a mismatch (missing or unexpected keys, other
+    shapes) is one :class:`UserError` line: ``{what}: {torch's findings}; {fix}``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        found = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip()) or first_line(e)
+        raise UserError(f"{what}: {found[:240]}" + (f"; {fix}" if fix else "")) from None
 
 
 def to_cpu(obj):
@@ -212,12 +221,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> nn.Module:
         raise UserError(f"{path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a spec no constructor accepts (negative widths, ...)
         raise UserError(f"{path}: its model spec {ckpt['model']} cannot be built ({type(e).__name__}: {e})") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(
-            f"{path}: weights do not match the model {ckpt['model']}: {str(e).splitlines()[0][:200]}"
-        ) from None
+    load_state(model, state, f"{path}: weights do not match the model {ckpt['model']}")
     model.eval()
     model.checkpoint_meta = ckpt.get("meta", {})
     return model

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 def _add_train(sub) -> None:
@@ -463,8 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": "; then `ancra train --resume DIR` continues from the last completed epoch",
             "eval": "; then rerun the same command: with --chunk-size the finished chunks are kept",
         }.get(args.command, "")
-        print(f"error: disk full ({e.__class__.__name__}: {str(e).splitlines()[0][:160]}): free some space{hint}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: disk full ({type(e).__name__}: {first_line(e, 160)}): free some space{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = {

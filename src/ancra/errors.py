@@ -8,3 +8,9 @@ arguments out of range; let programming errors surface as ordinary exceptions.
 
 class UserError(ValueError):
     """A problem in the user's input that a message can explain (bad config, missing file...)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), cut to ``limit``:
+    what a one-line refusal of an untrusted file quotes from the library that choked on it."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

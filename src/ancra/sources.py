@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint, safe_load
+from .checkpoint import Checkpoint, load_checkpoint, load_state, safe_load
 from .data import file_digest
 from .data.registry import DatasetInfo, dataset_info
-from .errors import UserError
+from .errors import UserError, first_line
 from .models import MODELS, create_model
 
 KINDS = ("ancra", "state_dict", "torchscript", "module")
@@ -105,25 +105,12 @@ def _from_state_dict(
         raise UserError(f"unknown --arch {arch!r}: choose one of {', '.join(sorted(MODELS))}")
     state = state_dict_of(safe_load(path), path)
     model = create_model(arch, num_classes, info.channels, ra_blocks=ra_blocks, **options)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        said = []
-        if missing:
-            said.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            said.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise UserError(
-            f"{path} does not fit --arch {arch} with {num_classes} classes: keys {' and '.join(said)}; "
-            f"check --arch, --arch-option and --num-classes"
-        )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:  # same keys, other shapes (width, classes)
-        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-        raise UserError(
-            f"{path} does not fit --arch {arch} with {num_classes} classes: {first[:200]}; "
-            f"check --arch-option (e.g. width) and --num-classes"
-        ) from None
+    load_state(
+        model,
+        state,
+        f"{path} does not fit --arch {arch} with {num_classes} classes",
+        "check --arch, --arch-option (e.g. width) and --num-classes",
+    )
     return model
 
 
@@ -133,10 +120,9 @@ def _from_torchscript(path: Path) -> nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any failure to read it means: not a TorchScript file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UserError(
-            f"{path} is not a TorchScript file ({first}): save one with torch.jit.script(model).save(path) "
-            f"or torch.jit.trace(model, example).save(path)"
+            f"{path} is not a TorchScript file ({first_line(e, 160)}): save one with "
+            f"torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path)"
         ) from None
 
 
@@ -169,8 +155,9 @@ def check_logits(model: nn.Module, x: torch.Tensor, num_classes: int, what: str)
         with torch.no_grad():
             out = model(x[:2])
     except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"{what} fails on a batch of {tuple(x[:2].shape)} images in [0, 1]: {first}") from None
+        raise UserError(
+            f"{what} fails on a batch of {tuple(x[:2].shape)} images in [0, 1]: {first_line(e, 160)}"
+        ) from None
     if not torch.is_tensor(out) or out.shape != (len(x[:2]), num_classes):
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise UserError(

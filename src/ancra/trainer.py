@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .attacks import pgd
-from .checkpoint import atomic_save, safe_load, save_weights, to_cpu
+from .checkpoint import atomic_save, atomic_write_text, load_state, safe_load, save_weights, to_cpu
 from .config import Config, config_from_dict
 from .data import DeviceLoader, load_dataset, split_validation
 from .distributed import all_reduce_sum, barrier, broadcast_buffers, convert_sync_batchnorm, init_distributed
@@ -101,15 +101,12 @@ def load_initial_weights(net: torch.nn.Module, path: Path) -> None:
 
     obj = safe_load(path)
     state = obj["state_dict"] if isinstance(obj, dict) and obj.get("format") == FORMAT else state_dict_of(obj, path)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line), first[0])
-        raise UserError(
-            f"train.init_from = {path} does not fit the configured model ({detail[:200]}): "
-            "check model.name, model.width and model.num_blocks"
-        ) from None
+    load_state(
+        net,
+        state,
+        f"train.init_from = {path} does not fit the configured model",
+        "check model.name, model.width and model.num_blocks",
+    )
 
 
 class StepHealth:
@@ -199,9 +196,7 @@ def write_metrics_csv(jsonl: Path, csv_path: Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = csv_path.with_suffix(".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, csv_path)
+    atomic_write_text(csv_path, buf.getvalue())
 
 
 def open_tensorboard(folder: Path):
@@ -221,9 +216,7 @@ def _truncate_metrics(path: Path, next_epoch: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] < next_epoch]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 class Trainer:
@@ -464,9 +457,7 @@ class Trainer:
         """Run the remaining epochs (or only up to epoch ``stop_after``, e.g. to split a run)."""
         if self.dist.is_main:
             self.files.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.files.config.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-            os.replace(tmp, self.files.config)
+            atomic_write_text(self.files.config, json.dumps(self.cfg.to_dict(), indent=2) + "\n")
             # lines of epochs after the saved state were written before a crash: replayed now
             _truncate_metrics(self.files.metrics, self.epoch)
         barrier(self.dist)

@@ -77,18 +77,14 @@ def preparing(folder: Path):
     ``~/.cache/ancra/locks/`` (named by the folder's path), not in the data folder; where it
     cannot be created nobody is serialised."""
     name = hashlib.sha256(str(Path(folder).expanduser().resolve()).encode()).hexdigest()[:32]
-    try:
-        locks = default_cache_dir() / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        lock = file_lock(locks / f"{name}.lock")
-        lock.__enter__()
-    except OSError:
+    with contextlib.ExitStack() as held:
+        try:
+            locks = default_cache_dir() / "locks"
+            locks.mkdir(parents=True, exist_ok=True)
+            held.enter_context(file_lock(locks / f"{name}.lock"))
+        except OSError:
+            pass  # no lock where none can be made
         yield
-        return
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def file_digest(path: PathLike, algorithm: str = "md5") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_save
+from ..checkpoint import atomic_save, safe_load
 from ..errors import UserError
 from .common import AttackResult
 
@@ -80,11 +80,7 @@ def load_adversarial(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / ADVERSARIAL
-    try:
-        adv = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - an untrusted or torn file: one line, not a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(f"{path} is unreadable ({first}): delete {path.parent} and rerun its evaluation") from None
+    adv = safe_load(path, what="file of saved adversarial inputs")
     if not isinstance(adv, dict) or adv.get("format") != FORMAT:
         raise UserError(f"{path} is not a file of saved adversarial inputs ({FORMAT})")
     return adv

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_save, atomic_write_text
+from ..checkpoint import atomic_save, atomic_write_text, safe_load
 from ..data.registry import find_dataset
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .adversarial import ADVERSARIAL, merge_adversarial
 from .common import acc, worst_case
 from .diagnostics import BLIND_KEY, blind_gradient, gate_flips, probe_keys
@@ -404,13 +404,7 @@ def load_per_example(path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / PER_EXAMPLE
-    if not path.is_file():
-        raise UserError(f"{path} is missing: rerun the evaluation of {path.parent}")
-    try:
-        pe = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - an untrusted or torn file: one line, not a traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(f"{path} is unreadable ({first}): delete {path.parent} and rerun its evaluation") from None
+    pe = safe_load(path, what="per-example results")
     if not isinstance(pe, dict) or not isinstance(pe.get("tensors"), dict) or "context" not in pe:
         raise UserError(f"{path} is not an evaluation's per-example file: delete {path.parent} and rerun it")
     return pe
@@ -434,10 +428,9 @@ def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError, OSError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:120]
         raise UserError(
             f"the evaluation folders {shard_dirs[0]} ... {shard_dirs[-1]} are damaged or do not fit together "
-            f"({type(e).__name__}: {first}): delete the damaged folders and rerun"
+            f"({type(e).__name__}: {first_line(e, 120)}): delete the damaged folders and rerun"
         ) from None
     return write_report(pe, attacks, context, out_dir)
 

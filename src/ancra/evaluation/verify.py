@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .adversarial import ADVERSARIAL, load_adversarial
 from .common import fp32_math, worst_case
 from .report import PER_EXAMPLE, load_per_example
@@ -76,8 +76,7 @@ def _read_report(report_dir: Path) -> tuple[dict, dict, dict]:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - an unreadable file is the user's problem, said in one line
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {first})") from None
+        raise UserError(f"{report_dir}: unreadable report files ({type(e).__name__}: {first_line(e, 120)})") from None
     return report, pe, adv
 
 
@@ -106,9 +105,8 @@ def verify_report(
         raise
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as e:
         # the report's files are untrusted data: inconsistent contents are a refusal, not a crash
-        first = (str(e).strip().splitlines() or [""])[0][:120]
         raise UserError(
-            f"{report_dir}: the report's files are damaged or inconsistent ({type(e).__name__}: {first}); "
+            f"{report_dir}: the report's files are damaged or inconsistent ({type(e).__name__}: {first_line(e, 120)}); "
             "rerun `ancra eval` to rebuild them"
         ) from None
 
