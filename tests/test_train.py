@@ -12,9 +12,10 @@ from ancra.checkpoint import load_model
 from ancra.cli import main
 from ancra.config import load_config
 from ancra.errors import UserError
-from ancra.trainer import Trainer, lr_at
+from ancra.trainer import Trainer, count_validation, lr_at
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 SMOKE = CONFIGS / "smoke.toml"
 
 
@@ -45,9 +46,14 @@ def test_run_writes_metrics_and_loadable_checkpoints(smoke_run, fmnist):
             "images_per_s",
             "val_clean_acc",
             "val_pgd_acc",
+            "val_robust_acc",
         ):
             assert key in r and r[key] == r[key]  # present and not NaN
-        assert 0 <= r["val_pgd_acc"] <= 1 and r["images_per_s"] > 0
+        assert 0 <= r["val_robust_acc"] <= r["val_pgd_acc"] <= 1 and r["images_per_s"] > 0
+    # best.pt: the epoch with the highest val_robust_acc (the default train.select), later on ties
+    robust = [r["val_robust_acc"] for r in lines]
+    best_epoch = max(range(len(robust)), key=lambda e: (robust[e], e))
+    assert torch.load(smoke_run / "best.pt", weights_only=True)["meta"]["epoch"] == best_epoch
     assert lines[0]["lr"] == 0.05 and abs(lines[1]["lr"] - 0.005) < 1e-12  # milestone at epoch 1
     for name in ("last.pt", "best.pt"):
         raw = torch.load(smoke_run / name, weights_only=True)
@@ -180,3 +186,18 @@ def test_metrics_csv_and_tensorboard_events(tmp_path):
     )
     steps = events.Scalars("step/loss")
     assert len(steps) == 4 and steps[0].step == 0  # smoke: 4 steps an epoch, loss read every 10 and at the end
+
+
+@pytest.mark.timeout(120)
+def test_validation_robust_accuracy_sees_through_the_gate(fmnist):
+    """On the study's ANCRA-TRADES checkpoint, plain PGD on the hard-gated forward overestimates
+    (the gate masks its gradient); val_robust adds PGD on the summed head CE and drops well below.
+    On a plain model (PGD-AT) the two are the same number."""
+    x, y = fmnist[2][:300], fmnist[3][:300]
+    kw = dict(eps=0.1, steps=10, batch_size=150, seed=0)
+    torch.set_num_threads(1)
+    ra = count_validation(load_model(ROOT / "results/fmnist/ancra-trades.pt"), x, y, **kw) / len(x)
+    plain = count_validation(load_model(ROOT / "results/fmnist/pgd-at.pt"), x, y, **kw) / len(x)
+    assert ra[2] <= ra[1] - 0.05, ra  # measured: 0.77 clean, 0.74 PGD, 0.66 robust
+    assert ra[0] >= ra[1]
+    assert plain[2] == plain[1] < plain[0]

@@ -79,7 +79,9 @@ def cmd_train(args) -> int:
                 {
                     "out": result["out"],
                     "best_epoch": best["epoch"] + 1,
+                    "selected_by": trainer.cfg.train.select,
                     "best_val_pgd_acc": best.get("val_pgd_acc"),
+                    "best_val_robust_acc": best.get("val_robust_acc"),
                     "best_val_clean_acc": best.get("val_clean_acc"),
                 }
             )

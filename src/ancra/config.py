@@ -97,6 +97,13 @@ class TrainConfig:
         "inductor", choices=("inductor", "aot_eager", "eager"), help="torch.compile backend (eager ones: to debug)"
     )
     val_pgd_steps: int = option(10, lo=1)
+    select: str = option(
+        "val_robust",
+        choices=("val_robust", "val_pgd", "last"),
+        help="best.pt: the epoch with the best val_robust accuracy (plain PGD, and on an RA model also PGD on "
+        "the summed CE of every head, which RA's argmax gate does not mask), val_pgd (plain PGD only, "
+        "masked on RA models) or the last epoch",
+    )
     val_batch_size: int = option(500, lo=1)
     max_steps_per_epoch: int = option(0, lo=0, help="cap steps per epoch (0 = full epochs; smoke tests)")
     tensorboard: bool = option(

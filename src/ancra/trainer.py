@@ -4,15 +4,15 @@ A run directory holds::
 
     config.json     the validated config of the run
     metrics.jsonl   one JSON line per epoch (loss terms, accuracies, lr, seconds, images/s and
-                    the hardware they were measured on, validation clean and PGD accuracy)
+                    the hardware they were measured on, validation clean, PGD and robust accuracy)
     state.pt        everything needed to resume (weights, optimiser, epoch, best so far)
     last.pt         weights of the last epoch      } weights-only files with the model spec:
     best.pt         weights of the best epoch      } ``ancra.checkpoint.load_model(path)``
 
 Resuming is exact on CPU: batch order, augmentation and attack noise of epoch ``e`` are pure
 functions of ``(seed, e)``, so a run resumed from the state of epoch ``e`` replays the same steps
-an uninterrupted run takes. Model selection uses the validation split held out of the training
-set (PGD accuracy); the test set is never looked at here.
+an uninterrupted run takes. Model selection (``train.select``) uses the validation split held out
+of the training set; the test set is never looked at here.
 """
 
 from __future__ import annotations
@@ -78,18 +78,33 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729 + 12345) % (2**63)
 
 
-def count_clean_and_pgd(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Tensor:
-    """Numbers of examples correct clean and under PGD-``steps`` (CE, uniform start, step eps/4),
-    in eval mode, as a tensor ``[clean, pgd]`` (summable across ranks)."""
+def count_validation(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Tensor:
+    """Numbers of examples correct clean, under PGD-``steps`` (CE, uniform start, step eps/4) and
+    under the validation worst case, in eval mode, as a tensor ``[clean, pgd, robust]`` (summable
+    across ranks).
+
+    ``robust`` is ``pgd`` for a plain model. On an RA model plain PGD follows the final logits,
+    whose gradient does not see RA's argmax gate flip (docs/EVALUATION.md), so ``robust`` also
+    runs PGD on ``CE(final) + sum_h CE(aux_h)`` (the adaptive suite's first attack, which reaches
+    the gates) and counts an example only if it survives both: a selection rule that the gate
+    cannot flatter."""
     model.eval()
+    n_aux = getattr(model, "ra_blocks", 0)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    counts = torch.zeros(2, dtype=torch.float64, device=x.device)
+    counts = torch.zeros(3, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         x_adv = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, generator=g)
         with torch.no_grad():
+            survives = model(x_adv).argmax(1) == yb
             counts[0] += (model(xb).argmax(1) == yb).sum()
-            counts[1] += (model(x_adv).argmax(1) == yb).sum()
+            counts[1] += survives.sum()
+        if n_aux:
+            # cr_beta = n_aux: CE(final) + n_aux * mean_h CE(aux_h) = CE(final) + sum_h CE(aux_h)
+            x_heads = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, cr_beta=n_aux, generator=g)
+            with torch.no_grad():
+                survives &= model(x_heads).argmax(1) == yb
+        counts[2] += survives.sum()
     return counts
 
 
@@ -303,7 +318,7 @@ class Trainer:
         self.objective = cfg.objective
         self.optimizer = torch.optim.SGD(net.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         self.epoch = 0
-        self.best = {"epoch": -1, "val_pgd_acc": -1.0}
+        self.best = {"epoch": -1}
         self.tensorboard = (
             open_tensorboard(self.files.out / "tensorboard") if t.tensorboard and self.dist.is_main else None
         )
@@ -375,6 +390,7 @@ class Trainer:
             "epoch": record["epoch"],
             "val_clean_acc": record["val_clean_acc"],
             "val_pgd_acc": record["val_pgd_acc"],
+            "val_robust_acc": record["val_robust_acc"],
             "config": self.cfg.to_dict(),
         }
         save_weights(self.model, self.files.last, meta)
@@ -438,7 +454,7 @@ class Trainer:
         record["images_per_s"] = n_steps * cfg.train.batch_size / seconds
         record["hardware"] = self.hardware
         broadcast_buffers(self.net, self.dist)  # every rank validates the model rank 0 saves
-        counts = count_clean_and_pgd(
+        counts = count_validation(
             self.net,
             self.val_x,
             self.val_y,
@@ -449,9 +465,20 @@ class Trainer:
         )
         counts = all_reduce_sum(counts, self.dist)
         n = self.n_val
-        record["val_clean_acc"], record["val_pgd_acc"] = (counts / n).tolist() if n else (float("nan"),) * 2
+        values = (counts / n).tolist() if n else [float("nan")] * 3
+        record["val_clean_acc"], record["val_pgd_acc"], record["val_robust_acc"] = values
         record["val_s"] = time.perf_counter() - start - seconds
         return record
+
+    def _is_best(self, record: dict) -> bool:
+        """Whether this epoch's weights become best.pt under ``train.select`` (ties: the later
+        epoch). Without a validation split (val_size = 0) the best epoch is the last one."""
+        select = self.cfg.train.select
+        if select == "last":
+            return True
+        value = record[f"{select}_acc"]
+        # a state saved before val_robust existed has no such entry: the next epoch replaces it
+        return math.isnan(value) or self.best["epoch"] < 0 or value >= self.best.get(f"{select}_acc", -1.0)
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Run the remaining epochs (or only up to epoch ``stop_after``, e.g. to split a run)."""
@@ -465,10 +492,10 @@ class Trainer:
         end = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
         while self.epoch < end:
             record = self.train_epoch()
-            val = record["val_pgd_acc"]
-            # without a validation split (val_size = 0) the best epoch is the last one
-            if math.isnan(val) or self.best["epoch"] < 0 or val >= self.best["val_pgd_acc"]:
-                self.best = {"epoch": record["epoch"], "val_pgd_acc": val, "val_clean_acc": record["val_clean_acc"]}
+            if self._is_best(record):
+                self.best = {"epoch": record["epoch"], "select": self.cfg.train.select} | {
+                    k: record[k] for k in ("val_clean_acc", "val_pgd_acc", "val_robust_acc")
+                }
             if self.dist.is_main:
                 _append_jsonl(self.files.metrics, record)
                 write_metrics_csv(self.files.metrics, self.files.metrics_csv)
@@ -483,7 +510,8 @@ class Trainer:
                 print(
                     f"epoch {record['epoch'] + 1}: loss {record['loss']:.4f}  "
                     f"train nat/adv {record.get('nat_acc', math.nan):.3f}/{record.get('adv_acc', math.nan):.3f}  "
-                    f"val clean/PGD {record['val_clean_acc']:.3f}/{record['val_pgd_acc']:.3f}  "
+                    f"val clean/PGD/robust {record['val_clean_acc']:.3f}/{record['val_pgd_acc']:.3f}"
+                    f"/{record['val_robust_acc']:.3f}  "
                     f"{record['images_per_s']:.0f} img/s",
                     flush=True,
                 )

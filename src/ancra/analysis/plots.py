@@ -23,6 +23,7 @@ ACC_CURVES = (
     ("adv_acc", "train adversarial", "--"),
     ("val_clean_acc", "val clean", "-."),
     ("val_pgd_acc", "val PGD", ":"),
+    ("val_robust_acc", "val robust (PGD + heads)", (0, (5, 1, 1, 1, 1, 1))),
 )
 
 DISTANCE_AXES = {
