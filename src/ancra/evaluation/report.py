@@ -460,7 +460,7 @@ def _merged(shards: list[dict], shard_dirs, subset: str | None) -> tuple[dict, d
         if "component_acc" in info:  # cumulative fractions: average weighted by shard size
             sizes = [len(sh["tensors"]["clean"]) for sh in shards]
             comps = [sh["attacks"].get(name, {}).get("info", {}).get("component_acc", {}) for sh in shards]
-            keys_ = set.intersection(*[set(c) for c in comps]) if comps else set()
+            keys_ = [k for k in comps[0] if all(k in c for c in comps)]  # in run order: reproducible files
             info["component_acc"] = {k: sum(c[k] * w for c, w in zip(comps, sizes)) / sum(sizes) for k in keys_}
         if "perturbed" in info:
             merged: dict = {}
@@ -476,6 +476,10 @@ def _merged(shards: list[dict], shard_dirs, subset: str | None) -> tuple[dict, d
         m["info"] = info
         attacks[name] = m
     context = dict(shards[0]["context"])
+    # chunks written before reports recorded the adaptive coverage lack it: take the one recorded
+    # by the others, when they all agree
+    recorded = {json.dumps(s["context"]["adaptive_applied"]) for s in shards if "adaptive_applied" in s["context"]}
+    context["adaptive_applied"] = json.loads(recorded.pop()) if len(recorded) == 1 else None
     context["total_seconds"] = sum(s["context"].get("total_seconds") or 0 for s in shards)
     context["subset"] = subset or f"merged from {len(shards)} shards"
     context["shards"] = [str(d) for d in shard_dirs]
