@@ -530,3 +530,29 @@ def test_standalone_families_on_every_clean_correct_example(toy, trained_small, 
     assert torch.equal(pe["robust/standalone-a1"], pe["correct/standalone-a1"])
     adv = torch.load(tmp_path / "adversarial.pt", weights_only=True)
     assert len(adv["index"]) == round(32 * (r["clean_acc"] - r["worst_case_acc"]))
+    # chunks merge: the standalone families' per-attack break counts add up
+    halves = []
+    for i, sl in enumerate((slice(0, 16), slice(16, 32))):
+        d = tmp_path / f"chunk-{i}"
+        halves.append(
+            evaluate(
+                toy,
+                x[sl],
+                y[sl],
+                suite="adaptive",
+                eps=EPS,
+                out_dir=d,
+                batch_size=32,
+                quick=True,
+                standalone=True,
+                transfer_model=trained_small,
+                progress=False,
+            )
+        )
+    merged = merge_reports([tmp_path / "chunk-0", tmp_path / "chunk-1"], tmp_path / "merged")
+    for name in fams:
+        broken = merged["attacks"][name]["info"]["broken"]
+        assert broken and all(
+            n == sum(h["attacks"][name]["info"]["broken"][a] for h in halves) for a, n in broken.items()
+        )
+        assert merged["attacks"][name]["acc"] == pytest.approx(sum(h["attacks"][name]["acc"] for h in halves) / 2)

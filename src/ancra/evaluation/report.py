@@ -455,8 +455,13 @@ def _merged(shards: list[dict], shard_dirs, subset: str | None) -> tuple[dict, d
         m["seconds"] = sum(s["attacks"].get(name, {}).get("seconds", 0) or 0 for s in shards)
         info = dict(m.get("info", {}))
         if "broken" in info:
-            info["broken"] = sum(s["attacks"].get(name, {}).get("info", {}).get("broken", 0) for s in shards)
-            info["attacked"] = sum(s["attacks"].get(name, {}).get("info", {}).get("attacked", 0) for s in shards)
+            infos = [s["attacks"].get(name, {}).get("info", {}) for s in shards]
+            if isinstance(info["broken"], dict):  # a standalone family: counts per attack
+                info["broken"] = {a: sum(i.get("broken", {}).get(a, 0) for i in infos) for a in info["broken"]}
+            else:
+                info["broken"] = sum(i.get("broken", 0) for i in infos)
+            if "attacked" in info:
+                info["attacked"] = sum(i.get("attacked", 0) for i in infos)
         if "component_acc" in info:  # cumulative fractions: average weighted by shard size
             sizes = [len(sh["tensors"]["clean"]) for sh in shards]
             comps = [sh["attacks"].get(name, {}).get("info", {}).get("component_acc", {}) for sh in shards]
