@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ancra.cli import main
+from ancra.evaluation.checkpoint import SELECTION_RULES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 N = 48
@@ -71,6 +72,8 @@ def test_report_fields_and_table(single):
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_examples"] == N and rep["eps"] == "1/10" and rep["dataset"] == "fmnist"
     assert rep["checkpoint_hash"].startswith("sha256:") and rep["quick"] is True
+    # best.pt of a run with the default train.select: the report names that rule
+    assert rep["meta"]["model_selection"] == SELECTION_RULES["val_robust"]
     accs = {k: v["acc"] for k, v in rep["attacks"].items()}
     for name in ("clean", "fgsm", "pgd-20", "pgd-40", "cw-30", "autoattack"):
         assert name in accs, accs

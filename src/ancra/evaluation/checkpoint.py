@@ -30,6 +30,14 @@ from ..errors import UserError
 #: version of the suite's attack list; part of a chunk's settings (see _run_chunks)
 SUITE_VERSION = 2
 
+#: ``train.select`` -> what ``best.pt`` is (a checkpoint written before the option existed: val_pgd)
+SELECTION_RULES = {
+    "val_pgd": "best validation PGD accuracy (held-out training split)",
+    "val_robust": "best validation worst case of PGD and, on RA models, PGD on the summed head CE "
+    "(held-out training split)",
+    "last": "last epoch (train.select = last)",
+}
+
 
 def evaluate_checkpoint(
     checkpoint: Path | None,
@@ -122,7 +130,7 @@ def evaluate_checkpoint(
         "checkpoint_hash": source.digest,
         "model_source": source.record,
         "model_selection": {
-            "best.pt": "best validation PGD accuracy (held-out training split)",
+            "best.pt": SELECTION_RULES[(ckpt.recorded("train", "select") if ckpt else None) or "val_pgd"],
             "last.pt": "last epoch",
         }.get(name, "as given")
         if ckpt is not None
