@@ -1,0 +1,277 @@
+"""Print the Markdown tables of the Fashion-MNIST study v2 (docs/RESULTS.md) from its reports.
+
+    .venv/bin/python results/fmnist-v2/table.py             # every table
+    .venv/bin/python results/fmnist-v2/table.py --plot F    # also the validation curves as a PNG
+
+Reads results/fmnist-v2/: the training logs NAME-sS.metrics.jsonl and the merged reports of
+eval.sh: eval-quick/NAME-sS (every seed, quick budgets), eval-full/NAME-s0 (seed 0, full budgets,
+standalone families) and eval-eps0.2/NAME-s0. Tables that have no reports yet are left out.
+
+Intervals. A gain "A - B" is the mean over A's seeds minus the mean over B's seeds of the accuracy
+on the same test images. Its 95% interval is a hierarchical bootstrap (docs/RESULTS.md, "How the
+intervals are computed"): each of 4000 replicates draws the test images with replacement (the same
+draw for both models, so the comparison stays paired) and, independently for A and B, the seeds
+with replacement; the interval is the 2.5 and 97.5 percentiles of the replicated gains. It holds
+both the seed-to-seed spread of training and the sampling of test images; with 3 seeds a seed
+draw has few distinct values, so the per-seed gains are printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ancra.evaluation.common import worst_case
+from ancra.evaluation.report import load_per_example
+
+HERE = Path(__file__).resolve().parent
+METHODS = [
+    "pgd-at",
+    "ancra-pgd",
+    "trades-kl",
+    "trades-ce",
+    "ancra-trades",
+    "trades-ra-only",
+    "trades-anc-only",
+]
+RA = {"ancra-pgd", "ancra-trades", "trades-ra-only"}
+# The matched comparisons first: each method against the baseline trained with the same attack and
+# rule; then what each part adds to the other, and what the TRADES attack itself changes.
+GAINS = [
+    ("ancra-pgd", "pgd-at"),
+    ("ancra-trades", "trades-ce"),
+    ("trades-ra-only", "trades-ce"),
+    ("trades-anc-only", "trades-ce"),
+    ("ancra-trades", "trades-ra-only"),
+    ("ancra-trades", "trades-anc-only"),
+    ("trades-ce", "trades-kl"),
+]
+REPLICATES = 4000
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}"
+
+
+def load_runs(folder: Path) -> dict[str, dict[int, dict]]:
+    """``{method: {seed: run}}`` of the merged reports in ``folder`` (``METHOD-sS`` subfolders);
+    a run holds its report and its per-example ``clean``, ``autoattack`` and ``worst`` vectors."""
+    runs: dict[str, dict[int, dict]] = {}
+    for report_file in sorted(folder.glob("*-s*/report.json")):
+        method, _, seed = report_file.parent.name.rpartition("-s")
+        if method not in METHODS or not seed.isdigit():
+            continue
+        pe = load_per_example(report_file.parent)
+        t = pe["tensors"]
+        runs.setdefault(method, {})[int(seed)] = {
+            "report": json.loads(report_file.read_text()),
+            "attacks": pe["attacks"],
+            "tensors": t,
+            "clean": t["clean"],
+            "autoattack": t["robust/autoattack"],
+            "worst": worst_case(t, pe["attacks"]),
+        }
+    return runs
+
+
+def common_size(*groups: dict[int, dict]) -> int:
+    """The number of test images every run of the groups evaluated (all evaluate the first N)."""
+    return min(len(run["clean"]) for group in groups for run in group.values())
+
+
+def stack(group: dict[int, dict], which: str, n: int) -> torch.Tensor:
+    """``(seeds, n)`` float matrix of one per-example vector over the seeds of a method."""
+    return torch.stack([group[s][which][:n].float() for s in sorted(group)])
+
+
+def bootstrap_gain(a: torch.Tensor, b: torch.Tensor, replicates: int = REPLICATES, seed: int = 0):
+    """Point gain and 95% interval of ``mean_seeds(a) - mean_seeds(b)`` (``(seeds, n)`` matrices on
+    the same n test images) under the hierarchical bootstrap of the module docstring."""
+    g = torch.Generator().manual_seed(seed)
+    n = a.shape[1]
+    images = torch.randint(n, (replicates, n), generator=g)
+    seeds_a = torch.randint(a.shape[0], (replicates, a.shape[0]), generator=g)
+    seeds_b = torch.randint(b.shape[0], (replicates, b.shape[0]), generator=g)
+    acc_a = torch.stack([row[images].mean(1) for row in a])  # (seeds, replicates)
+    acc_b = torch.stack([row[images].mean(1) for row in b])
+    rep = acc_a.gather(0, seeds_a.T).mean(0) - acc_b.gather(0, seeds_b.T).mean(0)
+    point = (a.mean() - b.mean()).item()
+    lo, hi = torch.quantile(rep.double(), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return point, lo, hi
+
+
+def spread(values: list[float]) -> str:
+    """Mean ± sample standard deviation over seeds, in percent."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return pct(m)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
+def results_table(runs: dict, title: str) -> None:
+    """One row per method: seeds, images, clean / AutoAttack / worst case (mean ± SD over seeds)."""
+    if not runs:
+        return
+    print(f"{title}\n")
+    print("| model | seeds | images | clean | AutoAttack | adaptive worst case |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method in METHODS:
+        group = runs.get(method)
+        if not group:
+            continue
+        n = common_size(group)
+        cells = [
+            spread([group[s][k][:n].float().mean().item() for s in sorted(group)]) for k in ("clean", "autoattack")
+        ]
+        worst = spread([group[s]["worst"][:n].float().mean().item() for s in sorted(group)])
+        print(f"| {method} | {len(group)} | {n} | {cells[0]} | {cells[1]} | **{worst}** |")
+    print()
+
+
+def gains_table(runs: dict, title: str) -> None:
+    """Each gain of GAINS under AutoAttack and under the worst case, with its bootstrap interval
+    and the per-seed gains (seed s of A minus seed s of B)."""
+    rows = [(a, b) for a, b in GAINS if runs.get(a) and runs.get(b)]
+    if not rows:
+        return
+    print(f"{title}\n")
+    print(
+        "| gain (points) | seeds | images | under AutoAttack [95% interval] "
+        "| under the worst case [95% interval] | per seed (worst case) |"
+    )
+    print("|---|---:|---:|---:|---:|---|")
+    for a, b in rows:
+        n = common_size(runs[a], runs[b])
+        cells = []
+        for which in ("autoattack", "worst"):
+            point, lo, hi = bootstrap_gain(stack(runs[a], which, n), stack(runs[b], which, n))
+            cells.append(f"{100 * point:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        per_seed = [
+            f"{100 * (runs[a][s]['worst'][:n].float().mean() - runs[b][s]['worst'][:n].float().mean()).item():+.1f}"
+            for s in sorted(set(runs[a]) & set(runs[b]))
+        ]
+        seeds = f"{len(runs[a])} / {len(runs[b])}"
+        print(f"| {a} - {b} | {seeds} | {n} | {cells[0]} | {cells[1]} | {', '.join(per_seed)} |")
+    print()
+
+
+def budget_table(quick: dict, full: dict) -> None:
+    """Full minus quick budgets on the runs and images both evaluated (paired standard error)."""
+    rows = [(m, s) for m in METHODS for s in sorted(full.get(m, {})) if s in quick.get(m, {})]
+    if not rows:
+        return
+    print("Full minus quick budgets on the same model and images (points, paired standard error)\n")
+    print("| model | seed | images | AutoAttack quick | full | full - quick | worst case quick | full | full - quick |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for m, s in rows:
+        q, f = quick[m][s], full[m][s]
+        n = min(len(q["clean"]), len(f["clean"]))
+        cells = []
+        for which in ("autoattack", "worst"):
+            a, b = f[which][:n].float(), q[which][:n].float()
+            d = a - b
+            se = math.sqrt(d.var(unbiased=True).item() / n) if n > 1 else float("nan")
+            cells += [pct(b.mean().item()), pct(a.mean().item()), f"{100 * d.mean().item():+.1f} ± {100 * se:.1f}"]
+        print(f"| {m} | {s} | {n} | " + " | ".join(cells) + " |")
+    print()
+
+
+def standalone_table(full: dict) -> None:
+    """Per-family accuracies of the RA models with each adaptive family alone on every example."""
+    rows = []
+    for m in METHODS:
+        for s, run in sorted(full.get(m, {}).items()):
+            fams = {k: v["acc"] for k, v in run["report"]["attacks"].items() if v.get("group") == "standalone"}
+            if fams:
+                rows.append((m, s, run, fams))
+    if not rows:
+        return
+    keys = sorted({k for *_, fams in rows for k in fams})
+    print("Each adaptive family alone on every clean-correct example (accuracy, %; full budgets)\n")
+    print(
+        "| model | seed | images | AutoAttack | "
+        + " | ".join(k.removeprefix("standalone-").upper() for k in keys)
+        + " | worst case |"
+    )
+    print("|---|---:|---:|---:|" + "---:|" * len(keys) + "---:|")
+    for m, s, run, fams in rows:
+        r = run["report"]
+        cells = " | ".join(pct(fams.get(k)) for k in keys)
+        print(f"| {m} | {s} | {r['n_examples']} | {pct(r['autoattack_acc'])} | {cells} | {pct(r['worst_case_acc'])} |")
+    print()
+
+
+def curves_table(root: Path) -> dict[str, list[list[float]]]:
+    """Validation robust accuracy per epoch (mean over seeds) of every method; returns the
+    per-seed curves for the plot."""
+    curves: dict[str, list[list[float]]] = {}
+    for m in METHODS:
+        for f in sorted(root.glob(f"{m}-s*.metrics.jsonl")):
+            if f.name.removeprefix(f"{m}-s").split(".")[0].isdigit():
+                records = [json.loads(line) for line in f.read_text().splitlines()]
+                curves.setdefault(m, []).append([r["val_robust_acc"] for r in records])
+    if not curves:
+        return curves
+    epochs = max(len(c) for runs in curves.values() for c in runs)
+    print(
+        "Validation robust accuracy by epoch (%, mean over seeds; 1000 held-out training images; PGD-10, "
+        "and on RA models also PGD-10 on the summed head CE)\n"
+    )
+    print("| model | seeds | " + " | ".join(str(e + 1) for e in range(epochs)) + " |")
+    print("|---|---:|" + "---:|" * epochs)
+    for m, runs in curves.items():
+        cells = []
+        for e in range(epochs):
+            vals = [c[e] for c in runs if len(c) > e]
+            cells.append(pct(sum(vals) / len(vals)) if vals else "-")
+        print(f"| {m} | {len(runs)} | " + " | ".join(cells) + " |")
+    print()
+    return curves
+
+
+def plot_curves(curves: dict[str, list[list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (m, runs) in enumerate(curves.items()):
+        color = plt.get_cmap("tab10")(i)
+        for j, c in enumerate(runs):
+            ax.plot(range(1, len(c) + 1), [100 * v for v in c], color=color, alpha=0.8, label=m if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation robust accuracy (%)")
+    ax.set_title("Fashion-MNIST study v2: every seed (1000 held-out training images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=HERE, help="the study folder (default: this script's)")
+    p.add_argument("--plot", type=Path, help="also write the validation curves of every run to this PNG")
+    args = p.parse_args()
+    curves = curves_table(args.root)
+    if args.plot and curves:
+        plot_curves(curves, args.plot)
+    quick, full = load_runs(args.root / "eval-quick"), load_runs(args.root / "eval-full")
+    results_table(quick, "Quick budgets, every seed (accuracy %, mean ± SD over seeds)")
+    gains_table(quick, "Gains, quick budgets, every seed")
+    results_table(full, "Full budgets, seed 0 (accuracy %)")
+    gains_table(full, "Gains, full budgets, seed 0 (test-image interval only)")
+    budget_table(quick, full)
+    standalone_table(full)
+    results_table(load_runs(args.root / "eval-eps0.2"), "Full budgets at eps 0.2, seed 0 (accuracy %)")
+
+
+if __name__ == "__main__":
+    main()
