@@ -21,6 +21,7 @@ from ancra.checkpoint import load_model
 from ancra.data import load_dataset
 from ancra.evaluation import EvalConfig, run_adaptive
 from ancra.evaluation.common import worst_case
+from ancra.evaluation.report import load_per_example
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="EvalConfig overrides, e.g. a4_targets=9")
     a = p.parse_args()
     torch.set_num_threads(1)
-    old = torch.load(f"results/fmnist/{a.name}.per_example.pt", weights_only=True)
+    old = load_per_example(f"results/fmnist/{a.name}.per_example.pt")
     t, attacks = old["tensors"], old["attacks"]
     pre = [k for k, m in attacks.items() if m["in_worst_case"] and not m.get("cascade")]
     alive = torch.stack([t[f"robust/{k}"] for k in pre]).all(0)[: a.n]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ancra.evaluation.common import worst_case
+from ancra.evaluation.report import load_per_example
 
 ROOT = Path(__file__).resolve().parents[1] / "results" / "fmnist"
 MODELS = "standard pgd-at ancra-pgd trades ancra-trades mart ancra-mart trades-anc-only trades-ra-only".split()
@@ -60,13 +61,13 @@ def compare(name: str, n_images: int | None = None) -> dict | None:
     if not (new_dir / "report.json").is_file():
         return None
     chunks = _chunks(new_dir, n_images)
-    per_chunk = [torch.load(c / "per_example.pt", weights_only=True) for c in chunks]
+    per_chunk = [load_per_example(c / "per_example.pt") for c in chunks]
     reports = [json.loads((c / "report.json").read_text()) for c in chunks]
     wc_new = torch.cat([worst_case(p["tensors"], p["attacks"]) for p in per_chunk])
     n = len(wc_new)
     if n_images is not None and n != n_images:
         return None  # not yet evaluated on that many images
-    old = torch.load(ROOT / f"{name}.per_example.pt", weights_only=True)
+    old = load_per_example(ROOT / f"{name}.per_example.pt")
     wc_old = worst_case(old["tensors"], old["attacks"])[:n]
     aa_s, total_s = _chunk_seconds(chunks)
     adaptive: dict = {}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ancra.cli import main
+from ancra.evaluation import load_per_example
 from ancra.evaluation.checkpoint import SELECTION_RULES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -55,7 +56,10 @@ def _verify(report_dir, *extra):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "run"
-    assert main(["train", "--quiet", "--config", str(CONFIGS / "smoke.toml"), "--out", str(out)]) == 0
+    # best.pt = the last epoch: the smoke run's first epoch is a near-constant predictor that a
+    # validation rule may prefer, and nothing would be left to break
+    cmd = ["train", "--quiet", "--config", str(CONFIGS / "smoke.toml"), "--set", "train.select=last"]
+    assert main([*cmd, "--out", str(out)]) == 0
     return out / "best.pt"
 
 
@@ -72,8 +76,8 @@ def test_report_fields_and_table(single):
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_examples"] == N and rep["eps"] == "1/10" and rep["dataset"] == "fmnist"
     assert rep["checkpoint_hash"].startswith("sha256:") and rep["quick"] is True
-    # best.pt of a run with the default train.select: the report names that rule
-    assert rep["meta"]["model_selection"] == SELECTION_RULES["val_robust"]
+    # best.pt: the report names the rule the run selected it by
+    assert rep["meta"]["model_selection"] == SELECTION_RULES["last"]
     accs = {k: v["acc"] for k, v in rep["attacks"].items()}
     for name in ("clean", "fgsm", "pgd-20", "pgd-40", "cw-30", "autoattack"):
         assert name in accs, accs
@@ -87,8 +91,8 @@ def test_torchrun_shards_merge_to_the_single_process_result(checkpoint, single, 
     out = tmp_path / "sharded"
     r = _torchrun(checkpoint, out)
     assert r.returncode == 0, r.stderr[-3000:]
-    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
-    two = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    one = load_per_example(single[0] / "per_example.pt")["tensors"]
+    two = load_per_example(out / "per_example.pt")["tensors"]
     assert len(two["clean"]) == N
     # deterministic attacks agree example by example
     for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
@@ -115,8 +119,8 @@ def test_torchrun_ranks_share_the_chunks(checkpoint, single, tmp_path):
     done = [int(m) for m in re.findall(r"rank \d evaluated (\d) of 3 chunks", r.stdout)]
     assert sorted(done) in ([1, 2], [0, 3]), r.stdout
     assert sorted(re.findall(r"\[eval\] chunk (\d+-\d+)", r.stdout)) == ["0-15", "16-31", "32-47"], r.stdout
-    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
-    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    one = load_per_example(single[0] / "per_example.pt")["tensors"]
+    merged = load_per_example(out / "per_example.pt")["tensors"]
     for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
         assert torch.equal(one[key], merged[key]), key
 
@@ -137,8 +141,8 @@ def test_torchrun_ranks_finishing_far_apart_do_not_time_out(checkpoint, single, 
     assert "3 chunks of up to 16 examples: 2 finished, 1 to evaluate" in r.stdout
     done = sorted(int(m) for m in re.findall(r"rank \d evaluated (\d) of 1 chunks", r.stdout))
     assert done == [0, 1], r.stdout
-    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
-    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
+    merged = load_per_example(out / "per_example.pt")["tensors"]
+    one = load_per_example(single[0] / "per_example.pt")["tensors"]
     for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):
         assert torch.equal(one[key], merged[key]), key
 
@@ -188,8 +192,8 @@ def test_chunked_eval_survives_sigkill_and_merges_to_the_single_result(checkpoin
     done, todo = map(int, re.search(r"(\d+) finished, (\d+) to evaluate", r.stdout).groups())
     assert done >= 1 and todo >= 1 and done + todo == 3
     assert first.stat().st_mtime_ns == stamp  # the finished chunk was reused, not redone
-    one = torch.load(single[0] / "per_example.pt", weights_only=True)["tensors"]
-    merged = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    one = load_per_example(single[0] / "per_example.pt")["tensors"]
+    merged = load_per_example(out / "per_example.pt")["tensors"]
     for key in ("clean", "labels", "robust/fgsm", "correct/fgsm"):  # deterministic: equal per example
         assert torch.equal(one[key], merged[key]), key
     rep = json.loads((out / "report.json").read_text())
@@ -214,7 +218,7 @@ def test_eval_and_analyze_read_a_checkpoint_the_same_way(tmp_path, checkpoint):
     from ancra.models import create_model
 
     ckpt = load_checkpoint(checkpoint)
-    assert ckpt.config == load_config(CONFIGS / "smoke.toml")
+    assert ckpt.config == load_config(CONFIGS / "smoke.toml", ["train.select=last"])
     assert (ckpt.dataset(), ckpt.eps(), ckpt.eps(0.05), ckpt.data_dir()) == ("fmnist", 0.1, 0.05, None)
     bare = tmp_path / "bare.pt"
     save_weights(create_model("narrow_resnet", 10, 1, width=4, num_blocks=[1, 2]), bare)

@@ -556,3 +556,30 @@ def test_standalone_families_on_every_clean_correct_example(toy, trained_small, 
             n == sum(h["attacks"][name]["info"]["broken"][a] for h in halves) for a, n in broken.items()
         )
         assert merged["attacks"][name]["acc"] == pytest.approx(sum(h["attacks"][name]["acc"] for h in halves) / 2)
+
+
+def test_per_example_files_are_packed_and_read_back_exactly(tmp_path):
+    """per_example.pt stacks its tensors by dtype and shape (booleans as bits): the same tensors,
+    dtypes and order come back, at a fraction of one file entry per tensor; files written before
+    the packing still load; a packed file with a damaged group is refused in one line."""
+    from ancra.checkpoint import atomic_save
+    from ancra.evaluation.report import pack_tensors
+
+    g = torch.Generator().manual_seed(0)
+    pe = {f"robust/a{i}": torch.rand(101, generator=g) < 0.5 for i in range(60)}  # 101: not a multiple of 8
+    pe |= {"labels": torch.randint(10, (101,), generator=g), "gates": torch.randint(3, (101, 2), generator=g) > 0}
+    pe |= {f"diag/{i}": torch.randn(101, generator=g, dtype=torch.float64) for i in range(5)}
+    rest = {"attacks": {"a0": {"acc": 0.5}}, "context": {"eps": 0.1}}
+    atomic_save(rest | pack_tensors(pe), tmp_path / "packed.pt")
+    atomic_save(rest | {"tensors": pe}, tmp_path / "plain.pt")
+    for name in ("packed.pt", "plain.pt"):
+        back = load_per_example(tmp_path / name)
+        assert list(back["tensors"]) == list(pe) and back["attacks"] == rest["attacks"]
+        for k, v in pe.items():
+            assert back["tensors"][k].dtype == v.dtype and torch.equal(back["tensors"][k], v), k
+    assert (tmp_path / "packed.pt").stat().st_size * 2 < (tmp_path / "plain.pt").stat().st_size  # measured: 3x
+    damaged = rest | pack_tensors(pe)
+    damaged["groups"][0]["data"] = damaged["groups"][0]["data"][:3]
+    atomic_save(damaged, tmp_path / "damaged.pt")
+    with pytest.raises(UserError, match="not an evaluation's per-example file"):
+        load_per_example(tmp_path / "damaged.pt")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ancra.evaluation import evaluate
+from ancra.evaluation import evaluate, load_per_example
 from ancra.evaluation.robustbench import FIELDS, model_info
 
 # torch.jit.trace is deprecated in this torch; users still have TorchScript files to evaluate
@@ -81,7 +81,7 @@ def foreign(tmp_path_factory, fmnist):
 
 
 def _tensors(out):
-    return torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    return load_per_example(out / "per_example.pt")["tensors"]
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from ancra.attacks import pgd
 from ancra.checkpoint import atomic_save, load_model, safe_load, save_weights
 from ancra.config import load_config
 from ancra.errors import UserError
+from ancra.evaluation import load_per_example
 from ancra.models import create_model
 from ancra.trainer import Trainer
 
@@ -90,14 +91,27 @@ def test_write_cut_midway_keeps_the_previous_checkpoint(tmp_path):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip("a full-disk test needs to mount a small tmpfs (root)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)])
+def small_disk(tmp_path):
+    """``mount(kilobytes)``: a tmpfs of that size in tmp_path, unmounted after the test."""
+    mounted = []
+
+    def mount(kilobytes: int) -> Path:
+        mnt = tmp_path / "disk"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("a full-disk test needs to mount a small tmpfs (root)")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.fixture
+def tiny_disk(small_disk):
+    return small_disk(400)
 
 
 def test_full_disk_is_a_clear_error_and_keeps_the_last_good_checkpoint(tiny_disk):
@@ -230,16 +244,21 @@ def _eval_cmd(out):
 
 
 def _robust(out):
-    t = torch.load(out / "per_example.pt", weights_only=True)["tensors"]
+    t = load_per_example(out)["tensors"]
     return {k: v for k, v in t.items() if k.startswith(("clean", "robust/", "correct/"))}
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_eval(tmp_path_factory):
+def uninterrupted_eval_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "whole"
     r = subprocess.run(_eval_cmd(out), capture_output=True, text=True, timeout=600, env=_one_thread())
     assert r.returncode == 0, r.stderr[-2000:]
-    return _robust(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_eval(uninterrupted_eval_dir):
+    return _robust(uninterrupted_eval_dir)
 
 
 def _one_thread():
@@ -271,11 +290,14 @@ def test_eval_killed_while_a_chunk_is_written_redoes_only_that_chunk(tmp_path, u
     assert subprocess.run([sys.executable, "-m", "ancra", "verify", str(out)], capture_output=True).returncode == 0
 
 
-def test_eval_on_a_full_disk_keeps_the_finished_chunks(tiny_disk, tmp_path, uninterrupted_eval):
-    """The first chunk fits on a 400 kB disk, the second does not: one line, exit 2, no torn file;
-    after space is freed (the folder moved to a larger disk) the same command finishes the run,
-    equal to an uninterrupted one."""
-    out = tiny_disk / "eval"
+def test_eval_on_a_full_disk_keeps_the_finished_chunks(
+    small_disk, tmp_path, uninterrupted_eval, uninterrupted_eval_dir
+):
+    """The first chunk fits on the disk, the second does not (a disk of 1.5 chunks, as the
+    uninterrupted run measured them): one line, exit 2, no torn file; after space is freed (the
+    folder moved to a larger disk) the same command finishes the run, equal to an uninterrupted one."""
+    chunk_bytes = max(sum(f.stat().st_size for f in c.rglob("*")) for c in uninterrupted_eval_dir.glob("chunk-*"))
+    out = small_disk(int(1.5 * chunk_bytes / 1024)) / "eval"
     r = subprocess.run(_eval_cmd(out), capture_output=True, text=True, timeout=600, env=_one_thread())
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

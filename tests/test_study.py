@@ -14,6 +14,7 @@ import torch
 from ancra.checkpoint import load_model
 from ancra.data import file_digest
 from ancra.evaluation.common import worst_case
+from ancra.evaluation.report import load_per_example
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "fmnist"
@@ -45,7 +46,7 @@ def test_report_belongs_to_its_checkpoint_and_adds_up(name):
         assert (report["suite"], report["quick"], report["n_examples"]) == ("full", quick, N)
         assert report["subset"].startswith(f"first {N} test examples")
         assert report["is_ra_model"] == (name in RA)
-        pe = torch.load(folder / f"{name}.per_example.pt", map_location="cpu", weights_only=True)
+        pe = load_per_example(folder / f"{name}.per_example.pt")
         t = pe["tensors"]
         assert len(t["clean"]) == N
         assert t["clean"].float().mean().item() == pytest.approx(report["clean_acc"], abs=1e-6)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ancra.evaluation.common import worst_case
+from ancra.evaluation.report import load_per_example
 from ancra.evaluation.sanity import flag_code
 
 HERE = Path(__file__).resolve().parent
@@ -54,7 +55,7 @@ def load(folder: Path, name: str):
     report = folder / f"{name}.json"
     if not report.exists():
         return None
-    pe = torch.load(folder / f"{name}.per_example.pt", map_location="cpu", weights_only=True)
+    pe = load_per_example(folder / f"{name}.per_example.pt")
     return json.loads(report.read_text()), pe
 
 

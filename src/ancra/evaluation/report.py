@@ -386,11 +386,7 @@ def write_report(pe: dict[str, torch.Tensor], attacks: dict[str, dict], context:
     # atomic writes, report.json last: a report.json means the folder is complete (a finished
     # chunk), and a crash or a full disk never leaves a half file where a good one was
     atomic_save(
-        {
-            "tensors": {k: v.detach().cpu() for k, v in pe.items()},
-            "attacks": _jsonable(attacks),
-            "context": _jsonable(context),
-        },
+        {"attacks": _jsonable(attacks), "context": _jsonable(context)} | pack_tensors(pe),
         out_dir / PER_EXAMPLE,
     )
     atomic_write_text(out_dir / "report.md", to_markdown(report))
@@ -405,9 +401,58 @@ def load_per_example(path) -> dict:
     if path.is_dir():
         path = path / PER_EXAMPLE
     pe = safe_load(path, what="per-example results")
-    if not isinstance(pe, dict) or not isinstance(pe.get("tensors"), dict) or "context" not in pe:
-        raise UserError(f"{path} is not an evaluation's per-example file: delete {path.parent} and rerun it")
+    bad = UserError(f"{path} is not an evaluation's per-example file: delete {path.parent} and rerun it")
+    if not isinstance(pe, dict) or "context" not in pe:
+        raise bad
+    if pe.get("format") == PACKED_FORMAT:
+        try:
+            tensors = unpack_tensors(pe)
+            pe = {k: v for k, v in pe.items() if k not in ("format", "groups", "order")} | {"tensors": tensors}
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+            raise bad from None
+    if not isinstance(pe.get("tensors"), dict):
+        raise bad
     return pe
+
+
+#: ``per_example.pt`` with its tensors packed: one stacked tensor per dtype and shape (booleans as
+#: bits) instead of one file entry each, which made a 100-example file 9 times its data
+PACKED_FORMAT = "ancra-per-example/2"
+
+
+def pack_tensors(pe: dict[str, torch.Tensor]) -> dict:
+    """``{"format", "groups"}``: the per-example tensors stacked by (dtype, shape), in their order,
+    booleans packed 8 to a byte; :func:`unpack_tensors` restores them exactly."""
+    groups: dict[tuple, dict] = {}
+    for key, value in pe.items():
+        value = value.detach().cpu()
+        group = groups.setdefault((value.dtype, tuple(value.shape)), {"keys": [], "values": []})
+        group["keys"].append(key)
+        group["values"].append(value)
+    packed = []
+    for (dtype, shape), group in groups.items():
+        data = torch.stack(group["values"])
+        if dtype == torch.bool:
+            flat = data.reshape(len(data), -1).to(torch.uint8)
+            flat = torch.nn.functional.pad(flat, (0, -flat.shape[1] % 8)).reshape(len(data), -1, 8)
+            data = (flat << torch.arange(8, dtype=torch.uint8)).sum(-1, dtype=torch.uint8)
+        packed.append({"keys": group["keys"], "shape": list(shape), "bits": dtype == torch.bool, "data": data})
+    return {"format": PACKED_FORMAT, "groups": packed, "order": list(pe)}
+
+
+def unpack_tensors(packed: dict) -> dict[str, torch.Tensor]:
+    """The tensors of :func:`pack_tensors`, in their original order."""
+    out = {}
+    for group in packed["groups"]:
+        data, shape = group["data"], tuple(group["shape"])
+        if group["bits"]:
+            bits = (data.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+            size = math.prod(shape)
+            data = bits.reshape(len(data), -1)[:, :size].bool().reshape(len(data), *shape)
+        if len(data) != len(group["keys"]) or tuple(data.shape[1:]) != shape:
+            raise ValueError("a packed group does not match its keys")
+        out.update(zip(group["keys"], data.unbind(0)))
+    return {k: out[k] for k in packed["order"]}
 
 
 def merge_reports(shard_dirs, out_dir, subset: str | None = None) -> dict:
