@@ -201,3 +201,24 @@ def test_validation_robust_accuracy_sees_through_the_gate(fmnist):
     assert ra[2] <= ra[1] - 0.05, ra  # measured: 0.77 clean, 0.74 PGD, 0.66 robust
     assert ra[0] >= ra[1]
     assert plain[2] == plain[1] < plain[0]
+
+
+@pytest.mark.timeout(120)
+def test_validation_reproduces_what_the_study_checkpoint_recorded():
+    """The validation of today's trainer, run on the 2-epoch study's ANCRA-TRADES weights with the
+    seed of their epoch, gives the clean and PGD accuracies its training recorded (val_robust's
+    extra attack draws from a stream of its own)."""
+    from ancra.data import load_dataset, split_validation
+    from ancra.trainer import epoch_seed
+
+    torch.set_num_threads(1)
+    splits = load_dataset("fmnist", None, False)
+    _, _, val_x, val_y = split_validation(splits.train_x, splits.train_y, 1000, 0)
+    path = ROOT / "results/fmnist/ancra-trades.pt"
+    meta = torch.load(path, weights_only=True)["meta"]
+    seed = epoch_seed(0, meta["epoch"], 0)
+    counts = count_validation(
+        load_model(path), val_x.float() / 255, val_y, eps=0.1, steps=10, batch_size=500, seed=seed
+    )
+    assert counts[0].item() / 1000 == meta["val_clean_acc"] and counts[1].item() / 1000 == meta["val_pgd_acc"]
+    assert counts[2] < counts[1]

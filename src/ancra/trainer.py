@@ -91,6 +91,8 @@ def count_validation(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Te
     model.eval()
     n_aux = getattr(model, "ra_blocks", 0)
     g = torch.Generator(device=x.device).manual_seed(seed)
+    # a stream of its own: plain PGD draws the same starts as before val_robust existed
+    g_heads = torch.Generator(device=x.device).manual_seed(seed + 1)
     counts = torch.zeros(3, dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
@@ -101,7 +103,7 @@ def count_validation(model, x, y, *, eps, steps, batch_size, seed=0) -> torch.Te
             counts[1] += survives.sum()
         if n_aux:
             # cr_beta = n_aux: CE(final) + n_aux * mean_h CE(aux_h) = CE(final) + sum_h CE(aux_h)
-            x_heads = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, cr_beta=n_aux, generator=g)
+            x_heads = pgd(model, xb, yb, eps=eps, step_size=eps / 4, steps=steps, cr_beta=n_aux, generator=g_heads)
             with torch.no_grad():
                 survives &= model(x_heads).argmax(1) == yb
         counts[2] += survives.sum()
