@@ -506,19 +506,23 @@ def test_registry_of_adaptive_families(trained_small, toy, data):
 
 def test_standalone_families_on_every_clean_correct_example(toy, trained_small, data, tmp_path):
     x, y = data[0][:32], data[1][:32]
-    r = evaluate(
-        toy,
-        x,
-        y,
-        suite="adaptive",
-        eps=EPS,
-        out_dir=tmp_path,
-        batch_size=32,
-        quick=True,
-        standalone=True,
-        transfer_model=trained_small,
-        progress=False,
-    )
+
+    def standalone(sl, out_dir):
+        return evaluate(
+            toy,
+            x[sl],
+            y[sl],
+            suite="adaptive",
+            eps=EPS,
+            out_dir=out_dir,
+            batch_size=32,
+            quick=True,
+            standalone=True,
+            transfer_model=trained_small,
+            progress=False,
+        )
+
+    r = standalone(slice(0, 32), tmp_path)
     fams = {k: v for k, v in r["attacks"].items() if v["group"] == "standalone"}
     assert set(fams) == {f"standalone-{k}" for k in FAMILIES}
     for name, v in fams.items():
@@ -531,24 +535,7 @@ def test_standalone_families_on_every_clean_correct_example(toy, trained_small, 
     adv = torch.load(tmp_path / "adversarial.pt", weights_only=True)
     assert len(adv["index"]) == round(32 * (r["clean_acc"] - r["worst_case_acc"]))
     # chunks merge: the standalone families' per-attack break counts add up
-    halves = []
-    for i, sl in enumerate((slice(0, 16), slice(16, 32))):
-        d = tmp_path / f"chunk-{i}"
-        halves.append(
-            evaluate(
-                toy,
-                x[sl],
-                y[sl],
-                suite="adaptive",
-                eps=EPS,
-                out_dir=d,
-                batch_size=32,
-                quick=True,
-                standalone=True,
-                transfer_model=trained_small,
-                progress=False,
-            )
-        )
+    halves = [standalone(sl, tmp_path / f"chunk-{i}") for i, sl in enumerate((slice(0, 16), slice(16, 32)))]
     merged = merge_reports([tmp_path / "chunk-0", tmp_path / "chunk-1"], tmp_path / "merged")
     for name in fams:
         broken = merged["attacks"][name]["info"]["broken"]
