@@ -1,7 +1,7 @@
 """Cost and strength of the adaptive cascade alone, on a study checkpoint's committed results.
 
 Takes the examples that survived the standard attacks and AutoAttack in a committed report
-(``results/fmnist/NAME.per_example.pt``), runs today's adaptive cascade on them with the
+(``results/fmnist/eval-v2/NAME/per_example.pt``), runs today's adaptive cascade on them with the
 full budgets, and prints per attack its time and breaks, and how the cascade's worst case
 compares with the committed one on the same images. A development tool for choosing budgets:
 the benchmark of record is the whole ``ancra eval --suite full`` (docs/PERFORMANCE.md).
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="EvalConfig overrides, e.g. a4_targets=9")
     a = p.parse_args()
     torch.set_num_threads(1)
-    old = load_per_example(f"results/fmnist/{a.name}.per_example.pt")
+    old = load_per_example(f"results/fmnist/eval-v2/{a.name}/per_example.pt")
     t, attacks = old["tensors"], old["attacks"]
     pre = [k for k, m in attacks.items() if m["in_worst_case"] and not m.get("cascade")]
     alive = torch.stack([t[f"robust/{k}"] for k in pre]).all(0)[: a.n]

@@ -1,11 +1,12 @@
 """Print the Markdown tables of docs/RESULTS.md from the study's reports.
 
-    .venv/bin/python results/fmnist/table.py            # full budgets: results/fmnist/NAME.json
-    .venv/bin/python results/fmnist/table.py --quick    # quick budgets: results/fmnist/quick/NAME.json
+    .venv/bin/python results/fmnist/table.py            # full budgets: results/fmnist/eval-v2/NAME/
+    .venv/bin/python results/fmnist/table.py --quick    # quick budgets: results/fmnist/quick-v2/NAME/
 
 Each prints the results table and the gains of ANCRA (and its ablations) over the base method,
-computed per example on the same images (``NAME.per_example.pt``), with the standard error of a
-paired difference. ``--compare`` prints quick against full budgets on the images both evaluated;
+computed per example on the same images (each report's ``per_example.pt``), with the standard
+error of a paired difference. The reports are those of the evaluation v2 (``eval-v2.sh``), which
+``ancra verify`` re-checks. ``--compare`` prints quick against full budgets on the images both evaluated;
 ``--facts`` the other numbers the text of docs/RESULTS.md quotes (where the adaptive attacks beat
 AutoAttack, which part of AutoAttack the longer budgets strengthen, and the clean accuracy
 ANCRA-TRADES gives up against each ablation).
@@ -23,10 +24,12 @@ from ancra.evaluation.report import load_per_example
 from ancra.evaluation.sanity import flag_code
 
 HERE = Path(__file__).resolve().parent
+FULL, QUICK = HERE / "eval-v2", HERE / "quick-v2"
 ORDER = [
     "standard",
     "pgd-at",
     "trades",
+    "trades-ce",  # the matched baseline of the TRADES variants (CE attack), added later
     "mart",
     "ancra-pgd",
     "ancra-trades",
@@ -34,14 +37,18 @@ ORDER = [
     "trades-anc-only",
     "trades-ra-only",
 ]
-# ANCRA over its base method; each ablation over TRADES; and what each part adds to the other
-# (ANCRA-TRADES = TRADES + RA + ANC).
+# ANCRA over its base method; each ablation over TRADES; the TRADES variants over the matched
+# TRADES (CE attack, where evaluated); and what each part adds to the other (ANCRA-TRADES =
+# TRADES + RA + ANC: the last two rows).
 GAINS = [
     ("ancra-pgd", "pgd-at"),
     ("ancra-trades", "trades"),
     ("ancra-mart", "mart"),
     ("trades-anc-only", "trades"),
     ("trades-ra-only", "trades"),
+    ("ancra-trades", "trades-ce"),
+    ("trades-anc-only", "trades-ce"),
+    ("trades-ra-only", "trades-ce"),
     ("ancra-trades", "trades-ra-only"),
     ("ancra-trades", "trades-anc-only"),
 ]
@@ -52,11 +59,10 @@ def pct(v):
 
 
 def load(folder: Path, name: str):
-    report = folder / f"{name}.json"
+    report = folder / name / "report.json"
     if not report.exists():
         return None
-    pe = load_per_example(folder / f"{name}.per_example.pt")
-    return json.loads(report.read_text()), pe
+    return json.loads(report.read_text()), load_per_example(folder / name / "per_example.pt")
 
 
 def robust(pe, which: str, n: int) -> torch.Tensor:
@@ -113,7 +119,7 @@ def compare_table() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in ORDER:
-        full, quick = load(HERE, name), load(HERE / "quick", name)
+        full, quick = load(FULL, name), load(QUICK, name)
         if full is None or quick is None:
             continue
         n = min(full[0]["n_examples"], quick[0]["n_examples"])
@@ -131,23 +137,24 @@ def facts() -> None:
     split into APGD (APGD-CE + APGD-T; quick: 20 iterations and 3 targets, full: 100 and 9), FAB-T
     and Square (the examples Square breaks after every white-box attack of the full AutoAttack)."""
     for name in ORDER:
-        run = load(HERE, name)
+        run = load(FULL, name)
         if run is None or not run[0]["is_ra_model"]:
             continue
         r, pe = run
         t, n = pe["tensors"], r["n_examples"]
         fell = t["robust/autoattack"] & ~worst_case(t, pe["attacks"])
-        by = {}
+        by = dict.fromkeys(pe["attacks"], 0)  # in run order
         for i in fell.nonzero().flatten().tolist():
             first = next(k for k, m in pe["attacks"].items() if m.get("in_worst_case") and not t[f"robust/{k}"][i])
-            by[first] = by.get(first, 0) + 1
+            by[first] += 1
+        by = {k: v for k, v in by.items() if v}
         print(
             f"{name}: adaptive worst case {100 * (r['autoattack_acc'] - r['worst_case_acc']):.1f} points below "
             f"AutoAttack on {n} images; {int(fell.sum())} examples survived AutoAttack and fell to: {by}"
         )
     print()
     for name in ORDER:
-        full, quick = load(HERE, name), load(HERE / "quick", name)
+        full, quick = load(FULL, name), load(QUICK, name)
         if full is None or quick is None:
             continue
         n = full[0]["n_examples"]
@@ -167,7 +174,7 @@ def facts() -> None:
         )
     print()
     for a, b in GAINS[-2:]:  # what each part of ANCRA-TRADES costs on clean images
-        runs = load(HERE, a), load(HERE, b)
+        runs = load(FULL, a), load(FULL, b)
         if None in runs:
             continue
         n = min(r[0]["n_examples"] for r in runs)
@@ -181,7 +188,7 @@ def facts() -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="the quick-budget reports (results/fmnist/quick/)")
+    g.add_argument("--quick", action="store_true", help="the quick-budget reports (results/fmnist/quick-v2/)")
     g.add_argument("--compare", action="store_true", help="quick against full budgets on the same images")
     g.add_argument("--facts", action="store_true", help="the other numbers the text of docs/RESULTS.md quotes")
     args = p.parse_args()
@@ -190,7 +197,7 @@ def main() -> None:
     elif args.facts:
         facts()
     else:
-        results_table(HERE / "quick" if args.quick else HERE)
+        results_table(QUICK if args.quick else FULL)
 
 
 if __name__ == "__main__":
