@@ -2,6 +2,7 @@
 committed artefact is what it says it is (checkpoint size and format, reports re-checkable)."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -48,3 +49,42 @@ def test_bootstrap_gain_grows_with_the_seed_spread():
     assert lo2 < p2 < hi2
     # the same replicates for the same inputs: the tables are reproducible
     assert table.bootstrap_gain(spread, b) == (p2, lo2, hi2)
+
+
+CHECKPOINTS = sorted(STUDY.glob("*-s[0-9].pt"))
+
+
+def test_checkpoints_are_committed_seed_by_seed():
+    """train.sh finishes every model's seed 0 before any seed 1: the committed checkpoints of a
+    seed are a full set before the next seed has any (so the tables compare like with like)."""
+    table = _table()
+    seeds = {}
+    for path in CHECKPOINTS:
+        name, seed = path.stem.rsplit("-s", 1)
+        assert name in table.METHODS, path.name
+        seeds.setdefault(int(seed), set()).add(name)
+    assert CHECKPOINTS, "no study v2 checkpoint committed yet"
+    for seed in sorted(seeds)[:-1]:
+        assert seeds[seed] == set(table.METHODS), f"seed {seed} is incomplete but a later seed started"
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.stem for p in CHECKPOINTS])
+def test_checkpoint_is_what_its_name_says(path):
+    """Trained with its committed config and seed, selected by the rule the config names on its
+    own recorded validation numbers, small, and loaded weights-only."""
+    from ancra.checkpoint import load_checkpoint
+    from ancra.config import load_config
+
+    name, seed = path.stem.rsplit("-s", 1)
+    assert path.stat().st_size < 4 * 2**20
+    ckpt = load_checkpoint(path)
+    assert ckpt.config == load_config(ROOT / "configs" / "fmnist-study-v2" / f"{name}.toml", [f"train.seed={seed}"])
+    assert ckpt.config.train.select == "val_robust"
+    assert ckpt.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert (ckpt.config.model.ra_blocks > 0) == (name in _table().RA)
+    epochs = [json.loads(line) for line in (STUDY / f"{path.stem}.metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(ckpt.config.train.epochs))
+    best = max(epochs, key=lambda e: (e["val_robust_acc"], e["epoch"]))  # ties: the later epoch
+    assert ckpt.meta["epoch"] == best["epoch"]
+    assert ckpt.meta["val_robust_acc"] == best["val_robust_acc"]
+    assert ckpt.meta["val_pgd_acc"] == best["val_pgd_acc"]
