@@ -88,3 +88,20 @@ def test_checkpoint_is_what_its_name_says(path):
     assert ckpt.meta["epoch"] == best["epoch"]
     assert ckpt.meta["val_robust_acc"] == best["val_robust_acc"]
     assert ckpt.meta["val_pgd_acc"] == best["val_pgd_acc"]
+
+
+def test_results_md_has_table_py_output():
+    """Every table results/fmnist-v2/table.py prints from the committed files is in
+    docs/RESULTS.md, number for number (rerun the script and paste its tables after each commit
+    of checkpoints or reports)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(STUDY / "table.py")], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    tables = [block.strip() for block in out.split("\n\n") if block.lstrip().startswith("|")]
+    assert tables, "table.py printed no table"
+    doc = (ROOT / "docs" / "RESULTS.md").read_text()
+    for table in tables:
+        assert table in doc, "docs/RESULTS.md is stale: rerun results/fmnist-v2/table.py"
