@@ -1,5 +1,7 @@
 """The Fashion-MNIST study v2 (issue 21; results/fmnist-v2/): its interval arithmetic, and every
-committed artefact is what it says it is (checkpoint size and format, reports re-checkable)."""
+committed artefact is what it says it is (checkpoints: config, seed, selection, size; reports:
+their checkpoint, budgets and transfer source, numbers that add up, `ancra verify`), and
+docs/RESULTS.md holds every table results/fmnist-v2/table.py prints from them."""
 
 import importlib.util
 import json
@@ -8,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from study_checks import assert_results_md_has_tables, check_report, check_verifies
+
+from ancra.data import file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "fmnist-v2"
@@ -54,15 +59,21 @@ def test_bootstrap_gain_grows_with_the_seed_spread():
 CHECKPOINTS = sorted(STUDY.glob("*-s[0-9].pt"))
 
 
+def method_and_seed(run: str) -> tuple[str, int]:
+    """``"ancra-pgd-s1"`` -> ``("ancra-pgd", 1)``: the study's file and folder names."""
+    method, seed = run.rsplit("-s", 1)
+    return method, int(seed)
+
+
 def test_checkpoints_are_committed_seed_by_seed():
     """train.sh finishes every model's seed 0 before any seed 1: the committed checkpoints of a
     seed are a full set before the next seed has any (so the tables compare like with like)."""
     table = _table()
     seeds = {}
     for path in CHECKPOINTS:
-        name, seed = path.stem.rsplit("-s", 1)
+        name, seed = method_and_seed(path.stem)
         assert name in table.METHODS, path.name
-        seeds.setdefault(int(seed), set()).add(name)
+        seeds.setdefault(seed, set()).add(name)
     assert CHECKPOINTS, "no study v2 checkpoint committed yet"
     for seed in sorted(seeds)[:-1]:
         assert seeds[seed] == set(table.METHODS), f"seed {seed} is incomplete but a later seed started"
@@ -75,7 +86,7 @@ def test_checkpoint_is_what_its_name_says(path):
     from ancra.checkpoint import load_checkpoint
     from ancra.config import load_config
 
-    name, seed = path.stem.rsplit("-s", 1)
+    name, seed = method_and_seed(path.stem)
     assert path.stat().st_size < 4 * 2**20
     ckpt = load_checkpoint(path)
     assert ckpt.config == load_config(ROOT / "configs" / "fmnist-study-v2" / f"{name}.toml", [f"train.seed={seed}"])
@@ -90,18 +101,49 @@ def test_checkpoint_is_what_its_name_says(path):
     assert ckpt.meta["val_pgd_acc"] == best["val_pgd_acc"]
 
 
+# eval.sh's three evaluations: folder -> (quick budgets?, eps, the number of test images asked for).
+# A report of fewer images (a multiple of the chunk of 100) is an evaluation still under way.
+EVALUATIONS = {"eval-quick": (True, 0.1, 1000), "eval-full": (False, 0.1, 500), "eval-eps0.2": (False, 0.2, 500)}
+REPORTS = sorted(p.parent for folder in EVALUATIONS for p in (STUDY / folder).glob("*-s[0-9]/report.json"))
+# eval.sh's transfer sources: the plain model of the same base method and seed (TRADES: the one
+# with the CE attack); at eps 0.2 the two plain TRADES also get each other.
+TRANSFER = {
+    "ancra-pgd": "pgd-at",
+    "ancra-trades": "trades-ce",
+    "trades-ra-only": "trades-ce",
+    "trades-anc-only": "trades-ce",
+}
+TRANSFER_EPS02 = {"trades-ce": "trades-kl", "trades-kl": "trades-ce"}
+
+
+@pytest.mark.parametrize("report_dir", REPORTS, ids=[f"{p.parent.name}/{p.name}" for p in REPORTS])
+def test_report_is_what_eval_sh_asked_for(report_dir):
+    """Its checkpoint, budgets, eps and images; numbers that follow from its per-example results;
+    the transfer source eval.sh names; and, at full budgets, each adaptive family alone on the RA
+    models (``--standalone``)."""
+    quick, eps, n_asked = EVALUATIONS[report_dir.parent.name]
+    method, seed = method_and_seed(report_dir.name)
+    n = json.loads((report_dir / "report.json").read_text())["n_examples"]
+    assert 0 < n <= n_asked and n % 100 == 0, n
+    ckpt = STUDY / f"{report_dir.name}.pt"
+    report = check_report(report_dir, ckpt, quick=quick, n=n, is_ra=method in _table().RA, eps=eps)
+    source = {**TRANSFER, **(TRANSFER_EPS02 if eps == 0.2 else {})}.get(method)
+    transfer_hash = report["meta"]["settings"].get("transfer_hash")
+    if source is None:
+        assert transfer_hash is None
+    else:
+        assert transfer_hash == "sha256:" + file_digest(STUDY / f"{source}-s{seed}.pt", "sha256")
+    standalone = {k for k, v in report["attacks"].items() if v.get("group") == "standalone"}
+    assert bool(standalone) == (not quick and eps == 0.1 and method in _table().RA), sorted(standalone)
+
+
+@pytest.mark.parametrize("report_dir", REPORTS, ids=[f"{p.parent.name}/{p.name}" for p in REPORTS])
+def test_every_committed_report_verifies(report_dir):
+    check_verifies(report_dir, STUDY / f"{report_dir.name}.pt")
+
+
 def test_results_md_has_table_py_output():
     """Every table results/fmnist-v2/table.py prints from the committed files is in
     docs/RESULTS.md, number for number (rerun the script and paste its tables after each commit
     of checkpoints or reports)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, str(STUDY / "table.py")], capture_output=True, text=True, check=True, timeout=300
-    ).stdout
-    tables = [block.strip() for block in out.split("\n\n") if block.lstrip().startswith("|")]
-    assert tables, "table.py printed no table"
-    doc = (ROOT / "docs" / "RESULTS.md").read_text()
-    for table in tables:
-        assert table in doc, "docs/RESULTS.md is stale: rerun results/fmnist-v2/table.py"
+    assert_results_md_has_tables(STUDY / "table.py")
