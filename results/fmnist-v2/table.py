@@ -261,6 +261,43 @@ def curves_table(root: Path) -> dict[str, list[list[float]]]:
     return curves
 
 
+def selection_table(root: Path) -> None:
+    """Per run, the selected epoch and its validation robust accuracy, how much the last three
+    epochs added over the best before them (near zero: the run had stopped improving), and its
+    training minutes."""
+    runs = {}
+    for m in METHODS:
+        for f in sorted(root.glob(f"{m}-s*.metrics.jsonl")):
+            seed = f.name.removeprefix(f"{m}-s").split(".")[0]
+            if seed.isdigit():
+                runs.setdefault(m, {})[int(seed)] = [json.loads(line) for line in f.read_text().splitlines()]
+    if not runs:
+        return
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    print(
+        "Selected checkpoints (validation robust accuracy %, epoch); last 3 epochs: the best of the last three "
+        "minus the best before them (points); minutes: training on one core\n"
+    )
+    head = " | ".join(f"seed {s}" for s in seeds)
+    print(f"| model | {head} | last 3 epochs | minutes |")
+    print("|---|" + "---:|" * len(seeds) + "---:|---:|")
+    for m, by_seed in runs.items():
+        cells, late, minutes = [], [], []
+        for s in seeds:
+            records = by_seed.get(s)
+            if not records:
+                cells.append("-")
+                continue
+            best = max(records, key=lambda r: (r["val_robust_acc"], r["epoch"]))
+            cells.append(f"{pct(best['val_robust_acc'])} ({best['epoch'] + 1})")
+            acc = [r["val_robust_acc"] for r in records]
+            late.append(max(acc[-3:]) - max(acc[:-3]))
+            minutes.append(sum(r["epoch_s"] for r in records) / 60)
+        lates = ", ".join(f"{100 * v:+.1f}" for v in late)
+        print(f"| {m} | " + " | ".join(cells) + f" | {lates} | {', '.join(f'{v:.0f}' for v in minutes)} |")
+    print()
+
+
 def plot_curves(curves: dict[str, list[list[float]]], path: Path) -> None:
     import matplotlib
 
@@ -288,6 +325,7 @@ def main() -> None:
     p.add_argument("--plot", type=Path, help="also write the validation curves of every run to this PNG")
     args = p.parse_args()
     curves = curves_table(args.root)
+    selection_table(args.root)
     if args.plot and curves:
         plot_curves(curves, args.plot)
     quick, full = load_runs(args.root / "eval-quick"), load_runs(args.root / "eval-full")
