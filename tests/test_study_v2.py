@@ -57,6 +57,8 @@ def test_bootstrap_gain_grows_with_the_seed_spread():
 
 
 CHECKPOINTS = sorted(STUDY.glob("*-s[0-9].pt"))
+# the convergence control: the same protocol trained longer (train.sh EPOCHS=E -> eE/NAME-sS.pt)
+LONGER = sorted(STUDY.glob("e[0-9]*/*-s[0-9].pt"))
 
 
 def method_and_seed(run: str) -> tuple[str, int]:
@@ -79,7 +81,9 @@ def test_checkpoints_are_committed_seed_by_seed():
         assert seeds[seed] == set(table.METHODS), f"seed {seed} is incomplete but a later seed started"
 
 
-@pytest.mark.parametrize("path", CHECKPOINTS, ids=[p.stem for p in CHECKPOINTS])
+@pytest.mark.parametrize(
+    "path", CHECKPOINTS + LONGER, ids=[p.relative_to(STUDY).as_posix() for p in CHECKPOINTS + LONGER]
+)
 def test_checkpoint_is_what_its_name_says(path):
     """Trained with its committed config and seed, selected by the rule the config names on its
     own recorded validation numbers, small, and loaded weights-only."""
@@ -89,11 +93,15 @@ def test_checkpoint_is_what_its_name_says(path):
     name, seed = method_and_seed(path.stem)
     assert path.stat().st_size < 4 * 2**20
     ckpt = load_checkpoint(path)
-    assert ckpt.config == load_config(ROOT / "configs" / "fmnist-study-v2" / f"{name}.toml", [f"train.seed={seed}"])
+    overrides = [f"train.seed={seed}"]
+    if path.parent != STUDY:  # eE/: train.sh's EPOCHS=E
+        epochs = int(path.parent.name.removeprefix("e"))
+        overrides += [f"train.epochs={epochs}", f"objective.warmup={epochs // 10}"]
+    assert ckpt.config == load_config(ROOT / "configs" / "fmnist-study-v2" / f"{name}.toml", overrides)
     assert ckpt.config.train.select == "val_robust"
     assert ckpt.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert (ckpt.config.model.ra_blocks > 0) == (name in _table().RA)
-    epochs = [json.loads(line) for line in (STUDY / f"{path.stem}.metrics.jsonl").read_text().splitlines()]
+    epochs = [json.loads(line) for line in path.with_suffix(".metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == list(range(ckpt.config.train.epochs))
     best = max(epochs, key=lambda e: (e["val_robust_acc"], e["epoch"]))  # ties: the later epoch
     assert ckpt.meta["epoch"] == best["epoch"]
@@ -104,7 +112,12 @@ def test_checkpoint_is_what_its_name_says(path):
 # eval.sh's three evaluations: folder -> (quick budgets?, eps, the number of test images asked for).
 # A report of fewer images (a multiple of the chunk of 100) is an evaluation still under way.
 EVALUATIONS = {"eval-quick": (True, 0.1, 1000), "eval-full": (False, 0.1, 500), "eval-eps0.2": (False, 0.2, 500)}
-REPORTS = sorted(p.parent for folder in EVALUATIONS for p in (STUDY / folder).glob("*-s[0-9]/report.json"))
+REPORTS = sorted(
+    p.parent
+    for folder in EVALUATIONS
+    for root in (STUDY, *STUDY.glob("e[0-9]*"))
+    for p in (root / folder).glob("*-s[0-9]/report.json")
+)
 # eval.sh's transfer sources: the plain model of the same base method and seed (TRADES: the one
 # with the CE attack); at eps 0.2 the two plain TRADES also get each other.
 TRANSFER = {
@@ -116,7 +129,7 @@ TRANSFER = {
 TRANSFER_EPS02 = {"trades-ce": "trades-kl", "trades-kl": "trades-ce"}
 
 
-@pytest.mark.parametrize("report_dir", REPORTS, ids=[f"{p.parent.name}/{p.name}" for p in REPORTS])
+@pytest.mark.parametrize("report_dir", REPORTS, ids=[p.relative_to(STUDY).as_posix() for p in REPORTS])
 def test_report_is_what_eval_sh_asked_for(report_dir):
     """Its checkpoint, budgets, eps and images; numbers that follow from its per-example results;
     the transfer source eval.sh names; and, at full budgets, each adaptive family alone on the RA
@@ -125,25 +138,28 @@ def test_report_is_what_eval_sh_asked_for(report_dir):
     method, seed = method_and_seed(report_dir.name)
     n = json.loads((report_dir / "report.json").read_text())["n_examples"]
     assert 0 < n <= n_asked and n % 100 == 0, n
-    ckpt = STUDY / f"{report_dir.name}.pt"
+    ckpt = report_dir.parent.parent / f"{report_dir.name}.pt"
     report = check_report(report_dir, ckpt, quick=quick, n=n, is_ra=method in _table().RA, eps=eps)
     source = {**TRANSFER, **(TRANSFER_EPS02 if eps == 0.2 else {})}.get(method)
     transfer_hash = report["meta"]["settings"].get("transfer_hash")
     if source is None:
         assert transfer_hash is None
     else:
-        assert transfer_hash == "sha256:" + file_digest(STUDY / f"{source}-s{seed}.pt", "sha256")
+        assert transfer_hash == "sha256:" + file_digest(ckpt.parent / f"{source}-s{seed}.pt", "sha256")
     standalone = {k for k, v in report["attacks"].items() if v.get("group") == "standalone"}
     assert bool(standalone) == (not quick and eps == 0.1 and method in _table().RA), sorted(standalone)
 
 
-@pytest.mark.parametrize("report_dir", REPORTS, ids=[f"{p.parent.name}/{p.name}" for p in REPORTS])
+@pytest.mark.parametrize("report_dir", REPORTS, ids=[p.relative_to(STUDY).as_posix() for p in REPORTS])
 def test_every_committed_report_verifies(report_dir):
-    check_verifies(report_dir, STUDY / f"{report_dir.name}.pt")
+    check_verifies(report_dir, report_dir.parent.parent / f"{report_dir.name}.pt")
 
 
-def test_results_md_has_table_py_output():
-    """Every table results/fmnist-v2/table.py prints from the committed files is in
-    docs/RESULTS.md, number for number (rerun the script and paste its tables after each commit
-    of checkpoints or reports)."""
-    assert_results_md_has_tables(STUDY / "table.py")
+@pytest.mark.parametrize("root", [STUDY, *sorted(STUDY.glob("e[0-9]*"))], ids=lambda p: p.name)
+def test_results_md_has_table_py_output(root):
+    """Every table results/fmnist-v2/table.py prints from the committed files (and with --root
+    eE, from the convergence control's) is in docs/RESULTS.md, number for number (rerun the
+    script and paste its tables after each commit of checkpoints or reports)."""
+    assert_results_md_has_tables(
+        STUDY / "table.py", *([] if root == STUDY else ["--root", str(root)])
+    )

@@ -7,6 +7,9 @@
 #   bash results/fmnist-v2/eval.sh quick [N] [SEEDS]  --quick budgets into eval-quick/; default 0 1 2
 #   bash results/fmnist-v2/eval.sh eps0.2 [N]         full budgets at eps 0.2 for the ANC question
 #                                                      (ANC-only, both TRADES, ANCRA-TRADES; seed 0)
+#   EPOCHS=20 MODELS_V2="..." bash results/fmnist-v2/eval.sh quick N 0
+#                                                      the convergence control (train.sh EPOCHS=20):
+#                                                      results/fmnist-v2/e20/ into e20/eval-quick/
 # N defaults to 1000. RA models and ANC-only get the plain model of the same base method and seed
 # (TRADES: the CE-attack one, their matched baseline) as their A6 transfer source; at eps 0.2 the
 # two TRADES models also get each other (is a high accuracy there masking?).
@@ -27,5 +30,6 @@ for s in $seeds; do
     TRANSFER+="trades-anc-only-s$s=trades-ce-s$s "
     [ "$what" = eps0.2 ] && TRANSFER+="trades-ce-s$s=trades-kl-s$s trades-kl-s$s=trades-ce-s$s "
 done
-export SRC=results/fmnist-v2 OUT=results/fmnist-v2/eval-$what MODELS TRANSFER
+SRC=results/fmnist-v2${EPOCHS:+/e$EPOCHS}
+export SRC OUT=$SRC/eval-$what MODELS TRANSFER
 exec bash "$here/../eval-study.sh" "$N" "${flags[@]}"
