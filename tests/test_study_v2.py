@@ -160,6 +160,4 @@ def test_results_md_has_table_py_output(root):
     """Every table results/fmnist-v2/table.py prints from the committed files (and with --root
     eE, from the convergence control's) is in docs/RESULTS.md, number for number (rerun the
     script and paste its tables after each commit of checkpoints or reports)."""
-    assert_results_md_has_tables(
-        STUDY / "table.py", *([] if root == STUDY else ["--root", str(root)])
-    )
+    assert_results_md_has_tables(STUDY / "table.py", *([] if root == STUDY else ["--root", str(root)]))
