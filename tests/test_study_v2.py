@@ -56,15 +56,16 @@ def test_bootstrap_gain_grows_with_the_seed_spread():
     assert table.bootstrap_gain(spread, b) == (p2, lo2, hi2)
 
 
+# the study's folder and the convergence control's (train.sh EPOCHS=E -> eE/NAME-sS.pt)
+ROOTS = [STUDY, *sorted(STUDY.glob("e[0-9]*"))]
 CHECKPOINTS = sorted(STUDY.glob("*-s[0-9].pt"))
-# the convergence control: the same protocol trained longer (train.sh EPOCHS=E -> eE/NAME-sS.pt)
-LONGER = sorted(STUDY.glob("e[0-9]*/*-s[0-9].pt"))
+LONGER = sorted(p for root in ROOTS[1:] for p in root.glob("*-s[0-9].pt"))
 
 
-def method_and_seed(run: str) -> tuple[str, int]:
-    """``"ancra-pgd-s1"`` -> ``("ancra-pgd", 1)``: the study's file and folder names."""
-    method, seed = run.rsplit("-s", 1)
-    return method, int(seed)
+def method_and_seed(name: str) -> tuple[str, int]:
+    run = _table().method_and_seed(name)
+    assert run, f"{name} is not METHOD-sSEED of a study method"
+    return run
 
 
 def test_checkpoints_are_committed_seed_by_seed():
@@ -74,7 +75,6 @@ def test_checkpoints_are_committed_seed_by_seed():
     seeds = {}
     for path in CHECKPOINTS:
         name, seed = method_and_seed(path.stem)
-        assert name in table.METHODS, path.name
         seeds.setdefault(seed, set()).add(name)
     assert CHECKPOINTS, "no study v2 checkpoint committed yet"
     for seed in sorted(seeds)[:-1]:
@@ -113,11 +113,9 @@ def test_checkpoint_is_what_its_name_says(path):
 # A report of fewer images (a multiple of the chunk of 100) is an evaluation still under way.
 EVALUATIONS = {"eval-quick": (True, 0.1, 1000), "eval-full": (False, 0.1, 500), "eval-eps0.2": (False, 0.2, 500)}
 REPORTS = sorted(
-    p.parent
-    for folder in EVALUATIONS
-    for root in (STUDY, *STUDY.glob("e[0-9]*"))
-    for p in (root / folder).glob("*-s[0-9]/report.json")
+    p.parent for folder in EVALUATIONS for root in ROOTS for p in (root / folder).glob("*-s[0-9]/report.json")
 )
+REPORT_IDS = [p.relative_to(STUDY).as_posix() for p in REPORTS]
 # eval.sh's transfer sources: the plain model of the same base method and seed (TRADES: the one
 # with the CE attack); at eps 0.2 the two plain TRADES also get each other.
 TRANSFER = {
@@ -129,7 +127,7 @@ TRANSFER = {
 TRANSFER_EPS02 = {"trades-ce": "trades-kl", "trades-kl": "trades-ce"}
 
 
-@pytest.mark.parametrize("report_dir", REPORTS, ids=[p.relative_to(STUDY).as_posix() for p in REPORTS])
+@pytest.mark.parametrize("report_dir", REPORTS, ids=REPORT_IDS)
 def test_report_is_what_eval_sh_asked_for(report_dir):
     """Its checkpoint, budgets, eps and images; numbers that follow from its per-example results;
     the transfer source eval.sh names; and, at full budgets, each adaptive family alone on the RA
@@ -139,7 +137,8 @@ def test_report_is_what_eval_sh_asked_for(report_dir):
     n = json.loads((report_dir / "report.json").read_text())["n_examples"]
     assert 0 < n <= n_asked and n % 100 == 0, n
     ckpt = report_dir.parent.parent / f"{report_dir.name}.pt"
-    report = check_report(report_dir, ckpt, quick=quick, n=n, is_ra=method in _table().RA, eps=eps)
+    is_ra = method in _table().RA
+    report = check_report(report_dir, ckpt, quick=quick, n=n, is_ra=is_ra, eps=eps)
     source = {**TRANSFER, **(TRANSFER_EPS02 if eps == 0.2 else {})}.get(method)
     transfer_hash = report["meta"]["settings"].get("transfer_hash")
     if source is None:
@@ -147,15 +146,15 @@ def test_report_is_what_eval_sh_asked_for(report_dir):
     else:
         assert transfer_hash == "sha256:" + file_digest(ckpt.parent / f"{source}-s{seed}.pt", "sha256")
     standalone = {k for k, v in report["attacks"].items() if v.get("group") == "standalone"}
-    assert bool(standalone) == (not quick and eps == 0.1 and method in _table().RA), sorted(standalone)
+    assert bool(standalone) == (not quick and eps == 0.1 and is_ra), sorted(standalone)
 
 
-@pytest.mark.parametrize("report_dir", REPORTS, ids=[p.relative_to(STUDY).as_posix() for p in REPORTS])
+@pytest.mark.parametrize("report_dir", REPORTS, ids=REPORT_IDS)
 def test_every_committed_report_verifies(report_dir):
     check_verifies(report_dir, report_dir.parent.parent / f"{report_dir.name}.pt")
 
 
-@pytest.mark.parametrize("root", [STUDY, *sorted(STUDY.glob("e[0-9]*"))], ids=lambda p: p.name)
+@pytest.mark.parametrize("root", ROOTS, ids=lambda p: p.name)
 def test_results_md_has_table_py_output(root):
     """Every table results/fmnist-v2/table.py prints from the committed files (and with --root
     eE, from the convergence control's) is in docs/RESULTS.md, number for number (rerun the

@@ -57,17 +57,35 @@ def pct(v: float | None) -> str:
     return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 
 
+def method_and_seed(name: str) -> tuple[str, int] | None:
+    """``"ancra-pgd-s1"`` -> ``("ancra-pgd", 1)``: the study's file and folder names; None for a
+    name that is not a run of a study method."""
+    method, _, seed = name.rpartition("-s")
+    return (method, int(seed)) if method in METHODS and seed.isdigit() else None
+
+
+def load_training_logs(root: Path) -> dict[str, dict[int, list[dict]]]:
+    """``{method: {seed: epoch records}}`` of the training logs ``METHOD-sS.metrics.jsonl`` in
+    ``root``, methods in METHODS order and seeds ascending."""
+    logs: dict[str, dict[int, list[dict]]] = {}
+    for f in root.glob("*-s*.metrics.jsonl"):
+        run = method_and_seed(f.name.removesuffix(".metrics.jsonl"))
+        if run:
+            logs.setdefault(run[0], {})[run[1]] = [json.loads(line) for line in f.read_text().splitlines()]
+    return {m: dict(sorted(logs[m].items())) for m in METHODS if m in logs}
+
+
 def load_runs(folder: Path) -> dict[str, dict[int, dict]]:
     """``{method: {seed: run}}`` of the merged reports in ``folder`` (``METHOD-sS`` subfolders);
     a run holds its report and its per-example ``clean``, ``autoattack`` and ``worst`` vectors."""
     runs: dict[str, dict[int, dict]] = {}
     for report_file in sorted(folder.glob("*-s*/report.json")):
-        method, _, seed = report_file.parent.name.rpartition("-s")
-        if method not in METHODS or not seed.isdigit():
+        run = method_and_seed(report_file.parent.name)
+        if not run:
             continue
         pe = load_per_example(report_file.parent)
         t = pe["tensors"]
-        runs.setdefault(method, {})[int(seed)] = {
+        runs.setdefault(run[0], {})[run[1]] = {
             "report": json.loads(report_file.read_text()),
             "attacks": pe["attacks"],
             "tensors": t,
@@ -233,15 +251,12 @@ def eps_table(runs: dict) -> None:
     print()
 
 
-def curves_table(root: Path) -> dict[str, list[list[float]]]:
-    """Validation robust accuracy per epoch (mean over seeds) of every method; returns the
-    per-seed curves for the plot."""
-    curves: dict[str, list[list[float]]] = {}
-    for m in METHODS:
-        for f in sorted(root.glob(f"{m}-s*.metrics.jsonl")):
-            if f.name.removeprefix(f"{m}-s").split(".")[0].isdigit():
-                records = [json.loads(line) for line in f.read_text().splitlines()]
-                curves.setdefault(m, []).append([r["val_robust_acc"] for r in records])
+def curves_table(logs: dict[str, dict[int, list[dict]]]) -> dict[str, list[list[float]]]:
+    """Validation robust accuracy per epoch (mean over seeds) of every method of the training logs
+    (load_training_logs); returns the per-seed curves for the plot."""
+    curves = {
+        m: [[r["val_robust_acc"] for r in records] for records in by_seed.values()] for m, by_seed in logs.items()
+    }
     if not curves:
         return curves
     epochs = max(len(c) for runs in curves.values() for c in runs)
@@ -261,16 +276,10 @@ def curves_table(root: Path) -> dict[str, list[list[float]]]:
     return curves
 
 
-def selection_table(root: Path) -> None:
-    """Per run, the selected epoch and its validation robust accuracy, how much the last three
-    epochs added over the best before them (near zero: the run had stopped improving), and its
-    training minutes."""
-    runs = {}
-    for m in METHODS:
-        for f in sorted(root.glob(f"{m}-s*.metrics.jsonl")):
-            seed = f.name.removeprefix(f"{m}-s").split(".")[0]
-            if seed.isdigit():
-                runs.setdefault(m, {})[int(seed)] = [json.loads(line) for line in f.read_text().splitlines()]
+def selection_table(runs: dict[str, dict[int, list[dict]]]) -> None:
+    """Per run of the training logs (load_training_logs), the selected epoch and its validation
+    robust accuracy, how much the last three epochs added over the best before them (near zero:
+    the run had stopped improving), and its training minutes."""
     if not runs:
         return
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
@@ -324,8 +333,9 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=HERE, help="the study folder (default: this script's)")
     p.add_argument("--plot", type=Path, help="also write the validation curves of every run to this PNG")
     args = p.parse_args()
-    curves = curves_table(args.root)
-    selection_table(args.root)
+    logs = load_training_logs(args.root)
+    curves = curves_table(logs)
+    selection_table(logs)
     if args.plot and curves:
         plot_curves(curves, args.plot)
     quick, full = load_runs(args.root / "eval-quick"), load_runs(args.root / "eval-full")
