@@ -1,11 +1,14 @@
 """Checks shared by the study tests (test_study.py: the 2-epoch study in results/fmnist/;
 test_study_v2.py: the study v2 in results/fmnist-v2/): a committed report belongs to its
 checkpoint and adds up, `ancra verify` passes on it, and docs/RESULTS.md holds every table a
-study's table script prints."""
+study's table script prints and no decimal number that neither a table script prints nor a study
+config sets."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +24,26 @@ from ancra.evaluation.report import load_per_example
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def printed_tables(script: Path, *args: str) -> list[str]:
-    """The Markdown tables (blank-line separated blocks that start with ``|``) ``script`` prints."""
-    out = subprocess.run(
+# A decimal number as the docs quote results ("77.9", "+2.6", "0.05"), not a version ("2.13.0").
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+
+
+@functools.cache
+def script_output(script: Path, *args: str) -> str:
+    """What a study's table script prints (run once per test session: some bootstrap for seconds)."""
+    return subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, check=True, timeout=300
     ).stdout
+
+
+def printed_tables(script: Path, *args: str) -> list[str]:
+    """The Markdown tables (blank-line separated blocks that start with ``|``) ``script`` prints."""
+    out = script_output(script, *args)
     return [block.strip() for block in out.split("\n\n") if block.lstrip().startswith("|")]
+
+
+def decimals(text: str) -> set[str]:
+    return set(DECIMAL.findall(text))
 
 
 def assert_results_md_has_tables(script: Path, *args: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from study_checks import assert_results_md_has_tables, check_report, check_verifies
+from study_checks import assert_results_md_has_tables, check_report, check_verifies, decimals, script_output
 
 from ancra.data import file_digest
 
@@ -160,3 +160,18 @@ def test_results_md_has_table_py_output(root):
     eE, from the convergence control's) is in docs/RESULTS.md, number for number (rerun the
     script and paste its tables after each commit of checkpoints or reports)."""
     assert_results_md_has_tables(STUDY / "table.py", *([] if root == STUDY else ["--root", str(root)]))
+
+
+def test_every_decimal_in_results_md_is_printed_by_a_table_script_or_set_by_a_config():
+    """docs/RESULTS.md quotes every result with a decimal point, so each such number of it (tables
+    and prose, both studies) must be printed by a table script from the committed files (including
+    the 2-epoch study's --facts) or be a value of a study config (eps, step, learning rate). It
+    catches a number typed by hand or left stale; it does not check that the prose quotes a printed
+    number in the right place."""
+    old = ROOT / "results" / "fmnist" / "table.py"
+    sources = [script_output(old, *args) for args in [(), ("--quick",), ("--compare",), ("--facts",)]]
+    sources += [script_output(STUDY / "table.py", *([] if r == STUDY else ["--root", str(r)])) for r in ROOTS]
+    sources += [p.read_text() for p in sorted((ROOT / "configs").glob("fmnist-study*/*.toml"))]
+    known = set().union(*map(decimals, sources))
+    stray = sorted(decimals((ROOT / "docs" / "RESULTS.md").read_text()) - known, key=float)
+    assert not stray, f"docs/RESULTS.md quotes numbers no table script prints: {stray}"

@@ -307,6 +307,32 @@ def selection_table(runs: dict[str, dict[int, list[dict]]]) -> None:
     print()
 
 
+DIP = 0.05  # a validation epoch this far below the best epoch before it is a dip
+
+
+def dips_table(runs: dict[str, dict[int, list[dict]]]) -> None:
+    """Per run of the training logs, the epochs whose validation robust accuracy fell more than
+    DIP below the best epoch before them (training that collapses for an epoch or a few and comes
+    back; the selection rule skips them, but they say how stable each objective trains)."""
+    if not runs:
+        return
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    print(
+        f"Dips: epochs whose validation robust accuracy fell more than {100 * DIP:.0f} points below the best "
+        "epoch before them, as accuracy % (epoch)\n"
+    )
+    print("| model | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|" + "---|" * len(seeds))
+    for m, by_seed in runs.items():
+        cells = []
+        for s in seeds:
+            acc = [r["val_robust_acc"] for r in by_seed.get(s, [])]
+            dips = [f"{pct(a)} ({e + 1})" for e, a in enumerate(acc) if e and a < max(acc[:e]) - DIP]
+            cells.append(", ".join(dips) or ("none" if acc else "-"))
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    print()
+
+
 def plot_curves(curves: dict[str, list[list[float]]], path: Path) -> None:
     import matplotlib
 
@@ -336,6 +362,7 @@ def main() -> None:
     logs = load_training_logs(args.root)
     curves = curves_table(logs)
     selection_table(logs)
+    dips_table(logs)
     if args.plot and curves:
         plot_curves(curves, args.plot)
     quick, full = load_runs(args.root / "eval-quick"), load_runs(args.root / "eval-full")

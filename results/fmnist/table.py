@@ -183,6 +183,16 @@ def facts() -> None:
             f"clean {a} - {b} on {n} images: {pct(ca.float().mean().item())} vs "
             f"{pct(cb.float().mean().item())}, {paired(ca, cb)} points"
         )
+    print()
+    for name in ORDER:  # the blind_gradient flag's measure (docs/RESULTS.md, flags)
+        run = load(FULL, name)
+        if run is not None and run[0]["sanity"].get("blind_gradient_fraction"):
+            print(f"{name}: blind-gradient fraction {pct(run[0]['sanity']['blind_gradient_fraction'])}%")
+    kl, ce = load(QUICK, "trades"), load(QUICK, "trades-ce")
+    if kl is not None and ce is not None:  # the change of TRADES attack on its own
+        n = min(kl[0]["n_examples"], ce[0]["n_examples"])
+        w_kl, w_ce = (robust(r[1], "worst", n).float().mean().item() for r in (kl, ce))
+        print(f"quick worst case trades-ce - trades (KL) on {n} images: {pct(w_ce)} - {pct(w_kl)} = {pct(w_ce - w_kl)}")
 
 
 def main() -> None:
