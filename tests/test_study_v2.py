@@ -154,12 +154,17 @@ def test_every_committed_report_verifies(report_dir):
     check_verifies(report_dir, report_dir.parent.parent / f"{report_dir.name}.pt")
 
 
+def table_args(root: Path) -> list[str]:
+    """table.py's arguments for a study root: none for the study's own folder."""
+    return [] if root == STUDY else ["--root", str(root)]
+
+
 @pytest.mark.parametrize("root", ROOTS, ids=lambda p: p.name)
 def test_results_md_has_table_py_output(root):
     """Every table results/fmnist-v2/table.py prints from the committed files (and with --root
     eE, from the convergence control's) is in docs/RESULTS.md, number for number (rerun the
     script and paste its tables after each commit of checkpoints or reports)."""
-    assert_results_md_has_tables(STUDY / "table.py", *([] if root == STUDY else ["--root", str(root)]))
+    assert_results_md_has_tables(STUDY / "table.py", *table_args(root))
 
 
 def test_every_decimal_in_results_md_is_printed_by_a_table_script_or_set_by_a_config():
@@ -170,7 +175,7 @@ def test_every_decimal_in_results_md_is_printed_by_a_table_script_or_set_by_a_co
     number in the right place."""
     old = ROOT / "results" / "fmnist" / "table.py"
     sources = [script_output(old, *args) for args in [(), ("--quick",), ("--compare",), ("--facts",)]]
-    sources += [script_output(STUDY / "table.py", *([] if r == STUDY else ["--root", str(r)])) for r in ROOTS]
+    sources += [script_output(STUDY / "table.py", *table_args(root)) for root in ROOTS]
     sources += [p.read_text() for p in sorted((ROOT / "configs").glob("fmnist-study*/*.toml"))]
     known = set().union(*map(decimals, sources))
     stray = sorted(decimals((ROOT / "docs" / "RESULTS.md").read_text()) - known, key=float)
