@@ -5,7 +5,9 @@
 
 Reads results/fmnist-v2/: the training logs NAME-sS.metrics.jsonl and the merged reports of
 eval.sh: eval-quick/NAME-sS (every seed, quick budgets), eval-full/NAME-s0 (seed 0, full budgets,
-standalone families) and eval-eps0.2/NAME-s0. Tables that have no reports yet are left out.
+standalone families) and eval-eps0.2/NAME-s0; and the convergence control's eE/eval-quick
+(train.sh EPOCHS=E), compared with the 10-epoch runs of the same seed. `--root results/fmnist-v2/eE`
+prints the control's own tables. Tables that have no reports yet are left out.
 
 Intervals. A gain "A - B" is the mean over A's seeds minus the mean over B's seeds of the accuracy
 on the same test images. Its 95% interval is a hierarchical bootstrap (docs/RESULTS.md, "How the
@@ -132,22 +134,44 @@ def spread(values: list[float]) -> str:
 
 
 def results_table(runs: dict, title: str) -> None:
-    """One row per method: seeds, images, clean / AutoAttack / worst case (mean ± SD over seeds)."""
+    """One row per method: seeds, images, clean / AutoAttack / worst case and AutoAttack minus the
+    worst case (what the adaptive attacks find beyond AutoAttack), each the mean ± SD over seeds."""
     if not runs:
         return
     print(f"{title}\n")
-    print("| model | seeds | images | clean | AutoAttack | adaptive worst case |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | seeds | images | clean | AutoAttack | adaptive worst case | AutoAttack - worst case |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for method in METHODS:
         group = runs.get(method)
         if not group:
             continue
         n = common_size(group)
-        cells = [
-            spread([group[s][k][:n].float().mean().item() for s in sorted(group)]) for k in ("clean", "autoattack")
-        ]
-        worst = spread([group[s]["worst"][:n].float().mean().item() for s in sorted(group)])
-        print(f"| {method} | {len(group)} | {n} | {cells[0]} | {cells[1]} | **{worst}** |")
+        acc = {
+            k: [group[s][k][:n].float().mean().item() for s in sorted(group)] for k in ("clean", "autoattack", "worst")
+        }
+        gap = spread([a - w for a, w in zip(acc["autoattack"], acc["worst"])])
+        cells = f"{spread(acc['clean'])} | {spread(acc['autoattack'])} | **{spread(acc['worst'])}** | {gap}"
+        print(f"| {method} | {len(group)} | {n} | {cells} |")
+    print()
+
+
+def flags_table(runs: dict, title: str) -> None:
+    """Per method, the sanity flags its reports raised (docs/EVALUATION.md) and in how many seeds."""
+    if not runs:
+        return
+    print(f"{title}\n")
+    print("| model | flags (seeds that raised each, of all seeds) |")
+    print("|---|---|")
+    for method in METHODS:
+        group = runs.get(method)
+        if not group:
+            continue
+        counts: dict[str, int] = {}
+        for run in group.values():
+            for flag in {f.split(":")[0] for f in run["report"]["flags"]}:
+                counts[flag] = counts.get(flag, 0) + 1
+        cells = ", ".join(f"`{f}` {k}/{len(group)}" for f, k in sorted(counts.items())) or "none"
+        print(f"| {method} | {cells} |")
     print()
 
 
@@ -178,23 +202,27 @@ def gains_table(runs: dict, title: str) -> None:
     print()
 
 
-def budget_table(quick: dict, full: dict) -> None:
-    """Full minus quick budgets on the runs and images both evaluated (paired standard error)."""
-    rows = [(m, s) for m in METHODS for s in sorted(full.get(m, {})) if s in quick.get(m, {})]
+def difference_table(before: dict, after: dict, title: str, names: tuple[str, str], which: tuple[str, ...]) -> None:
+    """``after`` minus ``before`` on the runs (method, seed) and images both evaluated, for each
+    per-example vector of ``which``, with the standard error of the paired difference over images
+    (one run each: no seed spread)."""
+    rows = [(m, s) for m in METHODS for s in sorted(after.get(m, {})) if s in before.get(m, {})]
     if not rows:
         return
-    print("Full minus quick budgets on the same model and images (points, paired standard error)\n")
-    print("| model | seed | images | AutoAttack quick | full | full - quick | worst case quick | full | full - quick |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    labels = {"clean": "clean", "autoattack": "AutoAttack", "worst": "worst case"}
+    print(f"{title}\n")
+    head = " | ".join(f"{labels[w]} {names[0]} | {names[1]} | {names[1]} - {names[0]}" for w in which)
+    print(f"| model | seed | images | {head} |")
+    print("|---|---:|---:|" + "---:|---:|---:|" * len(which))
     for m, s in rows:
-        q, f = quick[m][s], full[m][s]
-        n = min(len(q["clean"]), len(f["clean"]))
+        b, a = before[m][s], after[m][s]
+        n = min(len(b["clean"]), len(a["clean"]))
         cells = []
-        for which in ("autoattack", "worst"):
-            a, b = f[which][:n].float(), q[which][:n].float()
-            d = a - b
+        for w in which:
+            x, y = b[w][:n].float(), a[w][:n].float()
+            d = y - x
             se = math.sqrt(d.var(unbiased=True).item() / n) if n > 1 else float("nan")
-            cells += [pct(b.mean().item()), pct(a.mean().item()), f"{100 * d.mean().item():+.1f} ± {100 * se:.1f}"]
+            cells += [pct(x.mean().item()), pct(y.mean().item()), f"{100 * d.mean().item():+.1f} ± {100 * se:.1f}"]
         print(f"| {m} | {s} | {n} | " + " | ".join(cells) + " |")
     print()
 
@@ -368,13 +396,30 @@ def main() -> None:
     quick, full = load_runs(args.root / "eval-quick"), load_runs(args.root / "eval-full")
     results_table(quick, "Quick budgets, every seed (accuracy %, mean ± SD over seeds)")
     gains_table(quick, "Gains, quick budgets, every seed")
+    flags_table(quick, 'Sanity flags, quick budgets (docs/EVALUATION.md, "Sanity checks")')
     results_table(full, "Full budgets, seed 0 (accuracy %)")
     gains_table(full, "Gains, full budgets, seed 0 (test-image interval only)")
-    budget_table(quick, full)
+    difference_table(
+        quick,
+        full,
+        "Full minus quick budgets on the same model and images (points, paired standard error)",
+        ("quick", "full"),
+        ("autoattack", "worst"),
+    )
     standalone_table(full)
     eps02 = load_runs(args.root / "eval-eps0.2")
     eps_table(eps02)
     gains_table(eps02, "Gains at eps 0.2, full budgets, seed 0 (test-image interval only)")
+    for longer in sorted(args.root.glob("e[0-9]*")):  # the convergence control (train.sh EPOCHS=E)
+        epochs = longer.name.removeprefix("e")
+        difference_table(
+            quick,
+            load_runs(longer / "eval-quick"),
+            f"Training {epochs} epochs instead of 10, quick budgets, same seed and images "
+            "(accuracy %; points, paired standard error)",
+            ("10", epochs),
+            ("clean", "autoattack", "worst"),
+        )
 
 
 if __name__ == "__main__":
