@@ -56,6 +56,24 @@ def test_bootstrap_gain_grows_with_the_seed_spread():
     assert table.bootstrap_gain(spread, b) == (p2, lo2, hi2)
 
 
+def test_difference_table_is_after_minus_before_on_the_images_both_evaluated(capsys):
+    """The full - quick and 20 - 10 epochs tables: per-example vectors of the same run compared on
+    the shared first images, with the standard error of the paired difference."""
+    table = _table()
+
+    def run(hits: list[int]) -> dict:
+        t = torch.tensor(hits, dtype=torch.bool)
+        return {"clean": t, "autoattack": t, "worst": t}
+
+    before = {"pgd-at": {0: run([1, 1, 0, 0])}, "trades-kl": {0: run([1, 0])}}
+    after = {"pgd-at": {0: run([1, 1, 1, 0, 1, 1])}, "ancra-pgd": {0: run([1, 1])}}  # images 5-6: one side only
+    table.difference_table(before, after, "T", ("10", "20"), ("worst",))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| model | seed | images | worst case 10 | 20 | 20 - 10 |"
+    # differences 0, 0, 1, 0: mean 0.25, sample SD 0.5, standard error 0.5 / sqrt(4)
+    assert rows[1:] == ["| pgd-at | 0 | 4 | 50.0 | 75.0 | +25.0 ± 25.0 |"]  # only runs both have
+
+
 # the study's folder and the convergence control's (train.sh EPOCHS=E -> eE/NAME-sS.pt)
 ROOTS = [STUDY, *sorted(STUDY.glob("e[0-9]*"))]
 CHECKPOINTS = sorted(STUDY.glob("*-s[0-9].pt"))
