@@ -133,6 +133,11 @@ def spread(values: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * sd:.1f}"
 
 
+def by_method(runs: dict) -> list[tuple[str, dict]]:
+    """``(method, {seed: run})`` of the methods ``runs`` has, in METHODS order."""
+    return [(m, runs[m]) for m in METHODS if runs.get(m)]
+
+
 def results_table(runs: dict, title: str) -> None:
     """One row per method: seeds, images, clean / AutoAttack / worst case and AutoAttack minus the
     worst case (what the adaptive attacks find beyond AutoAttack), each the mean ± SD over seeds."""
@@ -141,10 +146,7 @@ def results_table(runs: dict, title: str) -> None:
     print(f"{title}\n")
     print("| model | seeds | images | clean | AutoAttack | adaptive worst case | AutoAttack - worst case |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for method in METHODS:
-        group = runs.get(method)
-        if not group:
-            continue
+    for method, group in by_method(runs):
         n = common_size(group)
         acc = {
             k: [group[s][k][:n].float().mean().item() for s in sorted(group)] for k in ("clean", "autoattack", "worst")
@@ -162,10 +164,7 @@ def flags_table(runs: dict, title: str) -> None:
     print(f"{title}\n")
     print("| model | flags (seeds that raised each, of all seeds) |")
     print("|---|---|")
-    for method in METHODS:
-        group = runs.get(method)
-        if not group:
-            continue
+    for method, group in by_method(runs):
         counts: dict[str, int] = {}
         for run in group.values():
             for flag in {f.split(":")[0] for f in run["report"]["flags"]}:
