@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Evaluate a study's checkpoints with `ancra eval` on the first N test images in chunks of K = 100,
 # work going chunk by chunk across all models (every model's first 100 images, then the next 100,
-# ...), two processes with one thread each, so an interrupted run leaves every model evaluated on
-# the same images; rerun the same command to continue (finished chunks are only merged). Each
-# model's chunks and merged report (report.json, report.md, per_example.pt, adversarial.pt, which
-# `ancra verify OUT/NAME` re-checks) live in OUT/NAME.
+# ...), two processes with one thread each (PROCESSES=1 for one, e.g. beside a training run), so an
+# interrupted run leaves every model evaluated on the same images; rerun the same command to
+# continue (finished chunks are only merged). Each model's chunks and merged report (report.json,
+# report.md, per_example.pt, adversarial.pt, which `ancra verify OUT/NAME` re-checks) live in
+# OUT/NAME.
 #   SRC=DIR OUT=DIR MODELS="a b ..." [TRANSFER="ra=plain ..."] [RA_FLAGS="..."] [K=100] \
-#       bash results/eval-study.sh N [flags for every model, e.g. --quick or --device cuda]
+#       [PROCESSES=2] bash results/eval-study.sh N [flags for every model, e.g. --quick or --device cuda]
 # SRC/NAME.pt is each model; TRANSFER gives an RA model the plain model of the same base method as
 # its A6 transfer source (and RA_FLAGS, e.g. --standalone, to those models only). The per-study
 # scripts (results/fmnist/eval-v2.sh, results/fmnist-v2/eval.sh) say which.
@@ -32,4 +33,4 @@ evaluate() {  # NAME N: evaluate the first N images of NAME (only its unfinished
 export -f evaluate
 for ((n = K; n < N + K; n += K)); do
     for name in $MODELS; do echo "$name $(( n < N ? n : N ))"; done
-done | xargs -P 2 -L 1 bash -c 'evaluate "$0" "$1"'
+done | xargs -P "${PROCESSES:-2}" -L 1 bash -c 'evaluate "$0" "$1"'

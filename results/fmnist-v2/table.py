@@ -398,6 +398,7 @@ def main() -> None:
     flags_table(quick, 'Sanity flags, quick budgets (docs/EVALUATION.md, "Sanity checks")')
     results_table(full, "Full budgets, seed 0 (accuracy %)")
     gains_table(full, "Gains, full budgets, seed 0 (test-image interval only)")
+    flags_table(full, "Sanity flags, full budgets, seed 0")
     difference_table(
         quick,
         full,
