@@ -7,7 +7,7 @@
 # report.md, per_example.pt, adversarial.pt, which `ancra verify OUT/NAME` re-checks) live in
 # OUT/NAME.
 #   SRC=DIR OUT=DIR MODELS="a b ..." [TRANSFER="ra=plain ..."] [RA_FLAGS="..."] [K=100] \
-#       [PROCESSES=2] bash results/eval-study.sh N [flags for every model, e.g. --quick or --device cuda]
+#       [PROCESSES=2] bash results/eval-study.sh N [flags for every model: --quick, --device cuda]
 # SRC/NAME.pt is each model; TRANSFER gives an RA model the plain model of the same base method as
 # its A6 transfer source (and RA_FLAGS, e.g. --standalone, to those models only). The per-study
 # scripts (results/fmnist/eval-v2.sh, results/fmnist-v2/eval.sh) say which.
