@@ -25,6 +25,29 @@ def _table():
     return module
 
 
+def _eps_probe():
+    spec = importlib.util.spec_from_file_location("study_v2_eps_probe", STUDY / "eps_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eps_probe_features_are_the_models_own_stages():
+    """eps_probe.py --features measures the noise at the outputs the model's own forward uses: its
+    last feature is the model's stem (everything before the final stage), and no noise is no change."""
+    from ancra.checkpoint import load_model
+
+    probe = _eps_probe()
+    model = load_model(STUDY / "trades-anc-only-s0.pt")
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = probe.stage_features(model, x)
+        assert len(features) == len(model._stage_names)
+        torch.testing.assert_close(features[-1], model.stem(x))
+        assert probe.relative_change(features[1], features[1]) == 0
+        assert probe.relative_change(features[1] * 1.5, features[1]) == pytest.approx(0.5, rel=1e-5)
+
+
 def _bernoulli(p: list[float], n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.stack([(torch.rand(n, generator=g) < q).float() for q in p])
