@@ -3,7 +3,8 @@
 # results/eval-study.sh: chunks of 100 test images, two processes with one thread each, chunk by
 # chunk across the models; rerun the same command to continue.
 #   bash results/fmnist-v2/eval.sh full [N] [SEEDS]   --suite full at full budgets into eval-full/
-#                                                      (RA models also --standalone); default seed 0
+#                                                      (the models with a transfer source, RA ones and
+#                                                      TRADES + ANC, also --standalone); default seed 0
 #   bash results/fmnist-v2/eval.sh quick [N] [SEEDS]  --quick budgets into eval-quick/; default 0 1 2
 #   bash results/fmnist-v2/eval.sh eps0.2 [N]         full budgets at eps 0.2 for the ANC question
 #                                                      (ANC-only, both TRADES, ANCRA-TRADES; seed 0)

@@ -227,7 +227,8 @@ def difference_table(before: dict, after: dict, title: str, names: tuple[str, st
 
 
 def standalone_table(full: dict) -> None:
-    """Per-family accuracies of the RA models with each adaptive family alone on every example."""
+    """Per-family accuracies of the models run with --standalone: each adaptive family alone on every
+    example (A1-A5 apply to RA models only, A6 to every model with a transfer source)."""
     rows = []
     for m in METHODS:
         for s, run in sorted(full.get(m, {}).items()):
