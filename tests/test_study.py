@@ -2,12 +2,15 @@
 every report (full budgets in eval-v2/, quick budgets in quick-v2/) evaluates the committed
 checkpoint of its name on the same first 1000 test images, its headline numbers follow from its
 per-example results, `ancra verify` passes on it, and the tables of docs/RESULTS.md are what
-results/fmnist/table.py prints from these files today."""
+results/fmnist/table.py prints from these files today. The eps-0.2 reports of two of its models
+(eval-eps0.2/, issue 21's eps-0.2 question) are checked the same way."""
 
 from pathlib import Path
 
 import pytest
 from study_checks import assert_results_md_has_tables, check_report, check_verifies
+
+from ancra.data import file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "results" / "fmnist"
@@ -48,4 +51,22 @@ def test_results_md_tables_are_table_py_output(args):
 
 @pytest.mark.parametrize("report_dir", REPORTS, ids=IDS)
 def test_every_committed_report_verifies(report_dir):
+    check_verifies(report_dir, STUDY / f"{report_dir.name}.pt")
+
+
+# The eps-0.2 question on the 2-epoch models (eval-v2.sh with OUT=results/fmnist/eval-eps0.2):
+# each model and its A6 transfer source.
+EPS02 = {"trades-anc-only": "trades-ce", "trades-ce": "trades"}
+EPS02_REPORTS = sorted(p.parent for p in (STUDY / "eval-eps0.2").glob("*/report.json"))
+
+
+def test_eps02_reports_are_the_two_asked_for():
+    assert {p.name for p in EPS02_REPORTS} == set(EPS02)
+
+
+@pytest.mark.parametrize("report_dir", EPS02_REPORTS, ids=lambda p: p.name)
+def test_eps02_report_belongs_to_its_checkpoint_and_transfer_source(report_dir):
+    report = check_report(report_dir, STUDY / f"{report_dir.name}.pt", quick=False, n=500, is_ra=False, eps=0.2)
+    source = STUDY / f"{EPS02[report_dir.name]}.pt"
+    assert report["meta"]["settings"]["transfer_hash"] == "sha256:" + file_digest(source, "sha256")
     check_verifies(report_dir, STUDY / f"{report_dir.name}.pt")

@@ -5,7 +5,8 @@
 
 Reads results/fmnist-v2/: the training logs NAME-sS.metrics.jsonl and the merged reports of
 eval.sh: eval-quick/NAME-sS (every seed, quick budgets), eval-full/NAME-s0 (seed 0, full budgets,
-standalone families) and eval-eps0.2/NAME-s0; and the convergence control's eE/eval-quick
+standalone families) and eval-eps0.2/NAME-s0, beside the first study's 2-epoch models at eps 0.2
+(results/fmnist/eval-eps0.2/NAME); and the convergence control's eE/eval-quick
 (train.sh EPOCHS=E), compared with the 10-epoch runs of the same seed. `--root results/fmnist-v2/eE`
 prints the control's own tables. Tables that have no reports yet are left out.
 
@@ -252,31 +253,41 @@ def standalone_table(full: dict) -> None:
     print()
 
 
-def broken(run: dict, attack: str) -> str:
+def broken(report: dict, attack: str) -> str:
     """``broken / attacked`` of a cascade attack (it attacks only what the earlier attacks left)."""
-    info = run["report"]["attacks"].get(attack, {}).get("info", {})
+    info = report["attacks"].get(attack, {}).get("info", {})
     return f"{info['broken']} / {info['attacked']}" if "attacked" in info else "-"
 
 
-def eps_table(runs: dict) -> None:
+def eps_table(runs: dict, pilot: dict[str, dict]) -> None:
     """The eps-0.2 question: clean, PGD-20 and AutoAttack accuracy, then what the long Square run
     and the transfer attack each still broke after everything before them (the source: TRADES-CE,
-    for TRADES-CE the KL one; eval.sh), and the worst case."""
-    rows = [(m, s, run) for m in METHODS for s, run in sorted(runs.get(m, {}).items())]
+    for TRADES-CE the KL one; eval.sh), and the worst case. ``pilot``: the 2-epoch models of the
+    first study where the question came from (``{name: report}`` of results/fmnist/eval-eps0.2)."""
+    rows = [(f"{m}-s{s}", run["report"]) for m in METHODS for s, run in sorted(runs.get(m, {}).items())]
+    rows += [(f"2-epoch {name} (first study)", report) for name, report in pilot.items()]
     if not rows:
         return
-    print("Full budgets at eps 0.2, seed 0 (accuracy %; Square and transfer: examples broken / attacked)\n")
+    print(
+        "Full budgets at eps 0.2, seed 0 and the first study's 2-epoch models "
+        "(accuracy %; Square and transfer: examples broken / attacked)\n"
+    )
     print(
         "| model | images | clean | PGD-20 | AutoAttack | Square 20000 x 2 after AutoAttack "
         "| transfer from a plain TRADES | adaptive worst case |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for m, s, run in rows:
-        r = run["report"]
+    for label, r in rows:
         cells = [pct(r["clean_acc"]), pct(r["attacks"]["pgd-20"]["acc"]), pct(r["autoattack_acc"])]
-        cells += [broken(run, "a6-square"), broken(run, "a6-transfer-model"), f"**{pct(r['worst_case_acc'])}**"]
-        print(f"| {m}-s{s} | {r['n_examples']} | " + " | ".join(cells) + " |")
+        cells += [broken(r, "a6-square"), broken(r, "a6-transfer-model"), f"**{pct(r['worst_case_acc'])}**"]
+        print(f"| {label} | {r['n_examples']} | " + " | ".join(cells) + " |")
     print()
+
+
+def load_pilot(folder: Path) -> dict[str, dict]:
+    """``{name: report}`` of the first study's merged reports at eps 0.2, TRADES + ANC first."""
+    reports = {f.parent.name: json.loads(f.read_text()) for f in sorted(folder.glob("*/report.json"))}
+    return dict(sorted(reports.items(), key=lambda item: item[0] != "trades-anc-only"))
 
 
 def curves_table(logs: dict[str, dict[int, list[dict]]]) -> dict[str, list[list[float]]]:
@@ -409,7 +420,7 @@ def main() -> None:
     )
     standalone_table(full)
     eps02 = load_runs(args.root / "eval-eps0.2")
-    eps_table(eps02)
+    eps_table(eps02, load_pilot(args.root.parent / "fmnist" / "eval-eps0.2") if args.root.resolve() == HERE else {})
     gains_table(eps02, "Gains at eps 0.2, full budgets, seed 0 (test-image interval only)")
     for longer in sorted(args.root.glob("e[0-9]*")):  # the convergence control (train.sh EPOCHS=E)
         epochs = longer.name.removeprefix("e")

@@ -13,10 +13,14 @@
 #   bash results/fmnist/eval-v2.sh [N] [extra ancra eval flags, e.g. --device cuda]
 #   OUT=... MODELS="a b" bash results/fmnist/eval-v2.sh ...   (target folder, models)
 #   OUT=results/fmnist/quick-v2 bash results/fmnist/eval-v2.sh 1000 --quick   (the quick budgets)
-# RA models get the plain model of the same base method as their A6 transfer source.
+#   OUT=results/fmnist/eval-eps0.2 MODELS="trades-anc-only trades-ce" \
+#       TRANSFER="trades-anc-only=trades-ce trades-ce=trades" bash results/fmnist/eval-v2.sh 500 --eps 0.2
+#       (the eps-0.2 question of issue 21 on the 2-epoch models where it was first seen)
+# RA models get the plain model of the same base method as their A6 transfer source (TRANSFER=...
+# to choose other pairs).
 set -euo pipefail
 here=$(dirname "$0")
 export SRC=results/fmnist OUT=${OUT:-results/fmnist/eval-v2}
 export MODELS=${MODELS:-"standard pgd-at ancra-pgd trades ancra-trades mart ancra-mart trades-anc-only trades-ra-only"}
-export TRANSFER="ancra-pgd=pgd-at ancra-trades=trades ancra-mart=mart trades-ra-only=trades"
+export TRANSFER=${TRANSFER:-"ancra-pgd=pgd-at ancra-trades=trades ancra-mart=mart trades-ra-only=trades"}
 exec bash "$here/../eval-study.sh" "${1:-1000}" "${@:2}"
